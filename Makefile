@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Each sets itself up in .venv.
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+CACHE    ?= $(HOME)/.cache/vq2trt
+WIKITEXT ?= ../shared/data/wikitext-2
+OUT      ?= out
+DEMO_CONFIG ?= v4-k256
+DEMO_WINDOWS ?= 16
+GGUF     := $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+QUANT    := $(OUT)/smollm2-$(DEMO_CONFIG)
+
+.PHONY: demo test install model lint clean
+
+# torch first and pinned: an unpinned torch would pull the multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+$(GGUF): | $(BIN)/.installed
+	$(BIN)/python -m vq2trt.models fetch-smollm2 --cache $(CACHE)
+
+model: $(GGUF)
+
+demo: install model
+	$(BIN)/vq2trt quantize $(GGUF) --config $(DEMO_CONFIG) --calib $(WIKITEXT)/wiki.valid.tokens \
+	    --samples 64 --seqlen 512 --kmeans-iters 25 --out $(QUANT) --overwrite
+	$(BIN)/vq2trt eval $(GGUF) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
+	$(BIN)/vq2trt eval $(QUANT) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check vq2trt tests benchmarks
+
+clean:
+	rm -rf $(OUT) build *.egg-info
