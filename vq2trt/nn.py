@@ -1,0 +1,89 @@
+"""VQLinear: a Linear whose weight is a VQWeight, computed with the reference dequant.
+
+Codebooks (and normalisation scales) are float32 Parameters so layer-wise
+fine-tuning can train them; ``to_vqweight()`` rounds them back to the stored
+fp16. Indices and the permutation are buffers and never change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vq2trt.format import VQWeight
+from vq2trt.reference import dequant_tensors, torch_tensors
+
+_TRAINABLE = ("codebook", "res_codebook", "outlier_codebook", "col_scale", "col_bias")
+_INDEX = ("perm", "indices", "res_indices", "outlier_indices")
+
+
+class VQLinear(nn.Module):
+    def __init__(self, w: VQWeight, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features, self.out_features = w.in_features, w.out_features
+        self.num_outlier_cols, self.group_size = w.num_outlier_cols, w.group_size
+        self._template = w  # packed indices and shapes, reused by to_vqweight()
+        t = torch_tensors(w)
+        for name in _TRAINABLE:
+            p = None if t[name] is None else nn.Parameter(t[name].float(), requires_grad=False)
+            self.register_parameter(name, p)
+        for name in _INDEX:  # unpacked once: dequant needs int64 indices
+            self.register_buffer(name, t[name], persistent=False)
+        bias = None if w.bias is None else torch.from_numpy(w.bias.copy()).to(dtype)
+        self.register_buffer("bias", bias)
+        self._cache: torch.Tensor | None = None
+        self._dtype = dtype
+
+    def weight_float(self) -> torch.Tensor:
+        """Dequantized weight [N, K], float32, exactly reference.dequantize's values."""
+        t = {name: getattr(self, name) for name in _TRAINABLE + _INDEX}
+        return dequant_tensors(t, N=self.out_features, K=self.in_features, n_out=self.num_outlier_cols,
+                               group_size=self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Inference reuses the dequantized weight; anything that may train recomputes it.
+        if self.training or torch.is_grad_enabled():
+            self._cache = None
+            W = self.weight_float()
+        else:
+            if self._cache is None or self._cache.device != x.device:
+                self._cache = self.weight_float().to(x.device)
+            W = self._cache
+        y = nn.functional.linear(x.to(W.dtype), W)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(x.dtype)
+
+    def set_trainable(self, on: bool) -> list[nn.Parameter]:
+        params = [p for p in (getattr(self, n) for n in _TRAINABLE) if p is not None]
+        for p in params:
+            p.requires_grad_(on)
+        self._cache = None
+        return params
+
+    def to_vqweight(self) -> VQWeight:
+        """The stored form, codebooks and scales rounded to fp16 (indices unchanged)."""
+        base = self._template
+        kw = {f: getattr(base, f) for f in VQWeight.TENSOR_FIELDS}
+        for name in _TRAINABLE:
+            p = getattr(self, name)
+            if p is not None:
+                kw[name] = p.detach().cpu().to(torch.float16).numpy()
+        w = VQWeight(out_features=base.out_features, in_features=base.in_features,
+                     num_outlier_cols=base.num_outlier_cols, **kw)
+        w.validate()
+        return w
+
+    def extra_repr(self) -> str:
+        w = self._template
+        return (f"in_features={self.in_features}, out_features={self.out_features}, v={w.vector_len}, "
+                f"k={w.num_centroids}, groups={w.num_groups}, outliers={w.num_outlier_cols}, "
+                f"residual={w.res_codebook is not None}, bpw={w.bits_per_weight():.3f}")
+
+
+def replace_linear(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Swap the submodule at dotted ``name`` for ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
