@@ -52,6 +52,9 @@ class QuantConfig:
     enable_perm: bool = True
     kmeans_iters: int = 100
     kmeans_tol: float = 1e-5
+    # k-means fits centroids on at most this many vectors (seeded sample; 0 = all). 64 Ki vectors
+    # give k=256 centroids ~256 points each, and every vector is still assigned by the VPTQ loop.
+    kmeans_max_vectors: int = 65536
     block_size: int = 128
     damp: float = 1e-2
     finetune_steps: int = 0
@@ -95,6 +98,8 @@ class QuantConfig:
         need(isinstance(self.num_groups, int) and self.num_groups >= 1, "num_groups", "an integer >= 1")
         need(isinstance(self.kmeans_iters, int) and self.kmeans_iters >= 1, "kmeans_iters", "an integer >= 1")
         need(self.kmeans_tol >= 0, "kmeans_tol", "a number >= 0")
+        need(isinstance(self.kmeans_max_vectors, int) and self.kmeans_max_vectors >= 0, "kmeans_max_vectors",
+             "an integer >= 0 (0 = fit on every vector)")
         need(isinstance(self.block_size, int) and self.block_size >= 1, "block_size", "an integer >= 1")
         need(self.damp > 0, "damp", "a number > 0")
         need(isinstance(self.finetune_steps, int) and self.finetune_steps >= 0, "finetune_steps", "an integer >= 0")

@@ -99,8 +99,16 @@ def save_simulated(model: nn.Module, config: QuantConfig, out_dir: str | os.Path
     out_dir = Path(out_dir)
     tmp = _atomic_dir(out_dir, overwrite)
     try:
-        model.config.vq2trt_simulated_quantization = config.to_dict()
-        model.save_pretrained(str(tmp))
+        # Written by hand: transformers refuses save_pretrained() on models it loaded from GGUF.
+        from safetensors.torch import save_file as save_torch
+
+        cfg = model.config.to_dict()
+        cfg["vq2trt_simulated_quantization"] = config.to_dict()
+        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+                 if not (tied and k == "lm_head.weight")}
+        save_torch(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         _commit_dir(tmp, out_dir)
@@ -178,7 +186,8 @@ def load_quantized(path: str | os.PathLike, *, device: str | torch.device = "cpu
         try:
             lin = model.get_submodule(name)
         except AttributeError:
-            raise CheckpointError(f"{path / WEIGHTS_FILE}: quantized layer '{name}' does not exist in the model")
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: quantized layer '{name}' does not exist in the model") \
+                from None
         own = {k[len(name) + 1:]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
         try:
             w = VQWeight.from_tensors(own, where=f"{path / WEIGHTS_FILE}:{name}")

@@ -24,8 +24,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from vq2trt.algo import HessianAccumulator, gptq_quantize, rtn_quantize, scalar_bits_per_weight
-from vq2trt.algo import vptq_quantize
+from vq2trt.algo import HessianAccumulator, gptq_quantize, rtn_quantize, scalar_bits_per_weight, vptq_quantize
 from vq2trt.algo.finetune import finetune_layer
 from vq2trt.config import QuantConfig
 from vq2trt.format import FORMAT_VERSION, FormatError, VQWeight

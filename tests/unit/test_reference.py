@@ -38,7 +38,8 @@ def test_dequant_known_answer_by_hand():
 @pytest.mark.parametrize("seed", range(5))
 def test_numpy_and_torch_agree_bit_exactly(seed):
     rng = np.random.default_rng(seed)
-    N, K, G, n_out = int(rng.integers(5, 40)), int(rng.integers(8, 40)), int(rng.integers(1, 4)), int(rng.integers(0, 3))
+    N, K = int(rng.integers(5, 40)), int(rng.integers(8, 40))
+    G, n_out = int(rng.integers(1, 4)), int(rng.integers(0, 3))
     v, k, vo = int(rng.integers(1, 6)), int(rng.integers(2, 300)), int(rng.integers(1, 5))
     R = -(-N // v)
     kw = {}

@@ -8,7 +8,7 @@ bit rate are unchanged.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

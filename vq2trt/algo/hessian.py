@@ -31,8 +31,8 @@ class HessianAccumulator:
         """Add inputs x [..., K] (any float dtype); every leading index is one token."""
         K = self.in_features
         if x.ndim == 0 or x.shape[-1] != K:
-            raise ValueError(f"HessianAccumulator: input has {tuple(x.shape)[-1:] or 'no'} features "
-                             f"(shape {tuple(x.shape)}), this layer has in_features={K}")
+            raise ValueError(f"HessianAccumulator: input of shape {tuple(x.shape)} has "
+                             f"{x.shape[-1] if x.ndim else 0} features, this layer has in_features={K}")
         x = x.detach().reshape(-1, K)  # [n, K]
         if x.shape[0] == 0:
             return

@@ -22,6 +22,8 @@ def _chunk_rows(X: torch.Tensor, k: int) -> int:
 def _assign(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """Index of the nearest centroid (L2) for every row of X [n, v] among C [k, v] -> int64 [n]."""
     n, k = X.shape[0], C.shape[0]
+    mu = C.mean(0)       # [v]; centring leaves distances alone and shrinks the terms that cancel below
+    X, C = X - mu, C - mu
     cn = (C * C).sum(1)  # [k]; ||x||² is the same for every centroid, so it is left out
     out = torch.empty(n, dtype=torch.int64, device=X.device)  # [n]
     m = _chunk_rows(X, k)
@@ -39,6 +41,8 @@ def _assign_bounded(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, tor
     that it stays a true lower bound.
     """
     n, k = X.shape[0], C.shape[0]
+    mu = C.mean(0)                          # [v]; centring shrinks the terms that cancel below
+    X, C = X - mu, C - mu
     cn = (C * C).sum(1)                     # [k]
     xn = (X * X).sum(1)                     # [n]
     slack = 1e-6 * (xn + cn.max())          # [n] bound on the expansion's error in a squared distance
@@ -69,24 +73,24 @@ def _objective(X: torch.Tensor, w: torch.Tensor, C: torch.Tensor, assign: torch.
     return float((w * d.double()).sum())
 
 
-def _cluster_sums(X: torch.Tensor, w: torch.Tensor, assign: torch.Tensor, k: int):
-    """Weighted sums sum_{i in c} w_i x_i [k, v] and weights sum_{i in c} w_i [k], float64.
+def _fixed_point(x: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 x -> int64 with a power-of-two resolution chosen so that sums up to |total| fit in 62 bits.
 
-    index_add_ is sequential (deterministic) on CPU but uses atomics on CUDA, so
-    accelerators use a chunked one-hot product instead, whose order is fixed.
+    Integer addition is exact, so sums and prefix sums of the result are the same
+    in any order: atomics on CUDA cannot change a single bit.
     """
-    n, v = X.shape
+    # a power of two, so rescaling is exact; the floor on total keeps it finite when everything is 0
+    scale = torch.exp2(60 - torch.ceil(torch.log2(total.clamp(min=2.0**-900))))
+    return torch.floor(x * scale).to(torch.int64), scale
+
+
+def _cluster_sums(X: torch.Tensor, w: torch.Tensor, assign: torch.Tensor, k: int):
+    """Weighted sums sum_{i in c} w_i x_i [k, v] and weights sum_{i in c} w_i [k], float64, order-independent."""
+    v = X.shape[1]
     Xw = torch.cat([X.double() * w[:, None], w[:, None]], 1)  # [n, v + 1]
-    if X.device.type == "cpu":
-        S = torch.zeros(k, v + 1, dtype=torch.float64, device=X.device)  # [k, v + 1]
-        S.index_add_(0, assign, Xw)
-    else:
-        S = torch.zeros(k, v + 1, dtype=torch.float64, device=X.device)  # [k, v + 1]
-        ar = torch.arange(k, device=X.device)  # [k]
-        m = max(1, 2**23 // k)
-        for s in range(0, n, m):
-            onehot = (assign[s:s + m, None] == ar[None, :]).double()  # [m, k]
-            S += onehot.T @ Xw[s:s + m]
+    Xi, scale = _fixed_point(Xw, Xw.abs().sum(0))             # [n, v + 1] int64, [v + 1]
+    S = torch.zeros(k, v + 1, dtype=torch.int64, device=X.device).index_add_(0, assign, Xi)  # [k, v + 1]
+    S = S.double() / scale
     return S[:, :v], S[:, v]
 
 
@@ -103,8 +107,10 @@ def _kmeanspp(X: torch.Tensor, w: torch.Tensor, k: int, g: torch.Generator) -> t
     C = torch.empty(k, v, dtype=X.dtype, device=X.device)                 # [k, v]
     D = torch.ones(n, dtype=X.dtype, device=X.device)                     # [n] squared distance to the nearest centroid
     for c in range(k):
-        cs = torch.cumsum(w * D, 0)                                       # [n] float64
-        i = torch.searchsorted(cs, cs[-1:] * u[c], right=True).clamp_(max=n - 1)  # [1]
+        p = w * D                                                         # [n] float64
+        cs = torch.cumsum(_fixed_point(p, p.sum())[0], 0)                 # [n] int64: exact, order-free
+        target = torch.floor(cs[-1:].double() * u[c]).to(torch.int64)     # [1]
+        i = torch.searchsorted(cs, target, right=True).clamp_(max=n - 1)  # [1]
         C[c] = X.index_select(0, i)[0]
         D = torch.minimum(D, ((X - C[c]) ** 2).sum(1))
     return C

@@ -44,6 +44,12 @@ def _fit_codebook(Wc: torch.Tensor, col_w: torch.Tensor, k: int, v: int, cfg: Qu
     R = math.ceil(Wc.shape[0] / v)
     X = _vectors(Wc, v)                      # [c * R, v]
     wts = col_w.repeat_interleave(R)         # [c * R]
+    m = cfg.kmeans_max_vectors
+    if m and X.shape[0] > max(m, k):
+        # A seeded uniform sample keeps the weighted objective unbiased at a fraction of the cost.
+        g = torch.Generator().manual_seed(_sub_seed(seed, 99, 0))
+        pick = torch.randperm(X.shape[0], generator=g)[:max(m, k)].sort().values.to(X.device)
+        X, wts = X[pick], wts[pick]
     C, _, hist = weighted_kmeans(X, wts, k, cfg.kmeans_iters, cfg.kmeans_tol, seed)
     return C.half().float(), len(hist)       # [k, v]
 
@@ -71,21 +77,19 @@ def _quant_column(w: torch.Tensor, C: torch.Tensor, Cr: torch.Tensor | None):
 
 
 class _Books:
-    """Which codebook quantizes permuted column j; the resulting index matrices are filled in by the loop."""
+    """The codebooks of one pass and the index matrices it fills: which codebook quantizes permuted column j."""
 
-    def __init__(self, N: int, n_out: int, gs: int, main, res=None, outlier=None):
+    def __init__(self, N: int, K: int, n_out: int, gs: int, main, res=None, outlier=None):
         self.n_out, self.gs = n_out, gs
-        self.main, self.res, self.outlier = main, res, outlier  # lists of [k, v] per group; [k_o, v_o]
-        self.N, self.R = N, math.ceil(N / main[0].shape[1])
-        self.idx = self.ridx = self.oidx = None
-
-    def start(self, K: int) -> None:
-        dev = self.main[0].device
-        self.idx = torch.zeros(self.R, K - self.n_out, dtype=torch.int64, device=dev)  # [R, C]
-        self.ridx = None if self.res is None else torch.zeros_like(self.idx)     # [R, C]
-        if self.n_out:
-            Ro = math.ceil(self.N / self.outlier.shape[1])
-            self.oidx = torch.zeros(Ro, self.n_out, dtype=torch.int64, device=dev)  # [R_o, n_out]
+        self.main, self.res, self.outlier = main, res, outlier  # per group [k, v]; per group [k_r, v]; [k_o, v_o]
+        dev = main[0].device
+        R = math.ceil(N / main[0].shape[1])
+        self.idx = torch.zeros(R, K - n_out, dtype=torch.int64, device=dev)          # [R, C]
+        self.ridx = None if res is None else torch.zeros_like(self.idx)               # [R, C]
+        self.oidx = None
+        if n_out:
+            R_o = math.ceil(N / outlier.shape[1])
+            self.oidx = torch.zeros(R_o, n_out, dtype=torch.int64, device=dev)        # [R_o, n_out]
 
     def quantize(self, j: int, w: torch.Tensor) -> torch.Tensor:
         if j < self.n_out:
@@ -112,7 +116,6 @@ def _vq_pass(W: torch.Tensor, U: torch.Tensor | None, books: _Books, block_size:
     W = W.clone()                  # [N, K] columns not yet quantized absorb the feedback
     Q = torch.zeros_like(W)        # [N, K]
     E = torch.zeros_like(W)        # [N, K]
-    books.start(K)
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
         W1 = W[:, i1:i2]               # [N, b] view: updates land in W
@@ -163,7 +166,7 @@ def vptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, bias=No
         lo, hi = Wz.min(0).values, Wz.max(0).values          # [K]
         col_scale = (hi - lo).clamp(max=65504.0).half()       # [K] fp16, what is stored
         col_scale[col_scale == 0] = 1
-        col_bias = lo.half()                                  # [K] fp16
+        col_bias = lo.clamp(min=-65504.0).half()              # [K] fp16
         s = col_scale.float()
         Wn = (Wz - col_bias.float()) / s                      # [N, K]
         Hs = H * (s.double()[:, None] * s.double()[None, :])  # [K, K] = S H S
@@ -193,42 +196,38 @@ def vptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, bias=No
     v, k = cfg.vector_len, cfg.num_centroids
     t_km = time.perf_counter()
     iters = 0
+
+    def fit_groups(Wsrc: torch.Tensor, kk: int, tag: int) -> list[torch.Tensor]:
+        """One codebook [kk, v] per group, fitted to the group's columns of Wsrc [N, K]."""
+        nonlocal iters
+        books = []
+        for g in range(G):
+            lo, hi = n_out + g * gs, min(n_out + (g + 1) * gs, K)
+            if lo >= hi:  # ceil-sized groups can leave trailing groups empty; they still need a stored codebook
+                books.append(torch.zeros(kk, v, device=dev))
+                continue
+            C, it = _fit_codebook(Wsrc[:, lo:hi], col_w[lo:hi], kk, v, cfg, _sub_seed(seed, tag, g))
+            books.append(C)
+            iters += it
+        return books
+
     outlier = None
     if n_out:
-        outlier, it = _fit_codebook(Wp[:, :n_out], col_w[:n_out], cfg.outlier_num_centroids,
-                                    cfg.outlier_vector_len, cfg, _sub_seed(seed, _OUTLIER, 0))
-        iters += it
-    main = []
-    for g in range(G):
-        lo, hi = n_out + g * gs, min(n_out + (g + 1) * gs, K)
-        if lo >= hi:  # ceil-sized groups can leave trailing groups empty; they still need a stored codebook
-            main.append(torch.zeros(k, v, device=dev))
-            continue
-        C, it = _fit_codebook(Wp[:, lo:hi], col_w[lo:hi], k, v, cfg, _sub_seed(seed, _MAIN, g))
-        main.append(C)
-        iters += it
+        outlier, iters = _fit_codebook(Wp[:, :n_out], col_w[:n_out], cfg.outlier_num_centroids,
+                                       cfg.outlier_vector_len, cfg, _sub_seed(seed, _OUTLIER, 0))
+    main = fit_groups(Wp, k, _MAIN)
     t_km = time.perf_counter() - t_km
-
-    books = _Books(N, n_out, gs, main, None, outlier)
-    Q, E = _vq_pass(Wp, U, books, cfg.block_size)
+    books = _Books(N, K, n_out, gs, main, None, outlier)
+    _, E = _vq_pass(Wp, U, books, cfg.block_size)
 
     if cfg.num_res_centroids:
         # Residual codebooks fit the error the first pass left in each column (what the residual
-        # has to express); then a second pass picks main + residual centroid with feedback.
+        # has to express); a second pass then picks main + residual centroid with feedback.
         t0 = time.perf_counter()
-        kr = cfg.num_res_centroids
-        res = []
-        for g in range(G):
-            lo, hi = n_out + g * gs, min(n_out + (g + 1) * gs, K)
-            if lo >= hi:
-                res.append(torch.zeros(kr, v, device=dev))
-                continue
-            C, it = _fit_codebook(E[:, lo:hi], col_w[lo:hi], kr, v, cfg, _sub_seed(seed, _RESIDUAL, g))
-            res.append(C)
-            iters += it
+        res = fit_groups(E, cfg.num_res_centroids, _RESIDUAL)
         t_km += time.perf_counter() - t0
-        books = _Books(N, n_out, gs, main, res, outlier)
-        Q, E = _vq_pass(Wp, U, books, cfg.block_size)
+        books = _Books(N, K, n_out, gs, main, res, outlier)
+        _vq_pass(Wp, U, books, cfg.block_size)
 
     vq = VQWeight.from_unpacked(
         out_features=N, in_features=K, perm=perm, indices=books.idx, codebook=torch.stack(main),
@@ -237,7 +236,7 @@ def vptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, bias=No
         col_scale=col_scale, col_bias=col_bias, bias=bias)
 
     # Baseline with the same codebooks: each vector takes its nearest centroid, no error feedback.
-    Qn, _ = _vq_pass(Wp, None, _Books(N, n_out, gs, main, books.res, outlier), cfg.block_size)
+    Qn, _ = _vq_pass(Wp, None, _Books(N, K, n_out, gs, main, books.res, outlier), cfg.block_size)
     Wn_hat = torch.empty_like(Qn)
     Wn_hat[:, perm] = Qn
     if cfg.enable_norm:

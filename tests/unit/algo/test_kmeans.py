@@ -23,9 +23,11 @@ def _objective(X, w, C, a) -> float:
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 300), v=st.integers(1, 6), k=st.integers(1, 40), seed=st.integers(0, 2**31 - 1),
-       tol=st.sampled_from([0.0, 1e-5, 1e-2]))
-def test_objective_never_increases(n, v, k, seed, tol):
+       tol=st.sampled_from([0.0, 1e-5, 1e-2]), duplicates=st.booleans())
+def test_objective_never_increases(n, v, k, seed, tol, duplicates):
     X, w = _data(n, v, seed)
+    if duplicates:
+        X = X.round()  # many coincident points: ties, empty clusters, fewer distinct points than k
     C, a, hist = weighted_kmeans(X, w, k, iters=30, tol=tol, seed=seed)
     assert C.shape == (k, v) and C.dtype == torch.float32 and torch.isfinite(C).all()
     assert a.shape == (n,) and a.dtype == torch.int64 and 0 <= int(a.min()) and int(a.max()) < k
