@@ -30,8 +30,7 @@ model: $(GGUF)
 demo: install model
 	$(BIN)/vq2trt quantize $(GGUF) --config $(DEMO_CONFIG) --calib $(WIKITEXT)/wiki.valid.tokens \
 	    --samples 64 --seqlen 512 --kmeans-iters 25 --out $(QUANT) --overwrite
-	$(BIN)/vq2trt eval $(GGUF) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
-	$(BIN)/vq2trt eval $(QUANT) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
+	$(BIN)/vq2trt eval $(QUANT) --baseline $(GGUF) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -76,47 +76,63 @@ def _load_any(path: str, device: str | None):
     return model, tok, False
 
 
-def size_summary(model) -> str:
-    """Bytes of the Linear weights that quantization replaces, quantized vs fp16."""
+def linear_size(model) -> tuple[float, float]:
+    """(MiB, bits per weight) of the Linear weights that quantization replaces (lm_head excluded).
+
+    Float models are counted at fp16, the usual deployment precision.
+    """
     from torch import nn
 
     from vq2trt.nn import VQLinear
 
-    vq = [m for m in model.modules() if isinstance(m, VQLinear)]
-    if vq:
-        ws = [m.to_vqweight() for m in vq]
-        bits = sum(w.stored_bits() for w in ws)
-        n = sum(w.out_features * w.in_features for w in ws)
-        return (f"quantized Linears: {bits / 8 / 2**20:.2f} MiB for {n / 1e6:.1f} M weights "
-                f"({bits / n:.3f} bits/weight all-in; fp16 would be {n * 2 / 2**20:.2f} MiB)")
-    n = sum(m.weight.numel() for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and "lm_head" not in name)
-    return f"float Linears (lm_head excluded): {n / 1e6:.1f} M weights, {n * 2 / 2**20:.2f} MiB at fp16"
+    bits, n = 0, 0
+    for name, m in model.named_modules():
+        if isinstance(m, VQLinear):
+            w = m.to_vqweight()
+            bits, n = bits + w.stored_bits(), n + w.out_features * w.in_features
+        elif isinstance(m, nn.Linear) and "lm_head" not in name:
+            bits, n = bits + 16 * m.weight.numel(), n + m.weight.numel()
+    return bits / 8 / 2**20, bits / max(n, 1)
+
+
+def _evaluate(path: str, ids_for, a: argparse.Namespace) -> dict:
+    from vq2trt.evaluate import generate_greedy, perplexity
+
+    model, tok, quantized = _load_any(path, a.device)
+    if tok is None:
+        raise ConfigError(f"{path} has no tokenizer; cannot evaluate on text")
+    t0 = time.perf_counter()
+    r = perplexity(model, ids_for(tok), ctx=a.ctx, windows=a.windows, progress=not a.quiet)
+    mib, bpw = linear_size(model)
+    sample = generate_greedy(model, tok, a.prompt, a.max_new_tokens) if a.max_new_tokens > 0 else None
+    return dict(path=path, quantized=quantized, ppl=r["ppl"], windows=r["windows"], tokens=r["tokens"],
+                seconds=time.perf_counter() - t0, mib=mib, bpw=bpw, sample=sample)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
     import torch
 
     from vq2trt.data import read_text, tokenize_for_eval, wikitext_file
-    from vq2trt.evaluate import generate_greedy, perplexity
 
     text_path = a.text or wikitext_file("test")
     text = read_text(text_path)
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, tok, quantized = _load_any(a.model, a.device)
-    if tok is None:
-        raise ConfigError(f"{a.model} has no tokenizer; cannot evaluate on text")
-    ids = tokenize_for_eval(tok, text)
-    t0 = time.perf_counter()
-    r = perplexity(model, ids, ctx=a.ctx, windows=a.windows, progress=not a.quiet)
-    kind = "quantized" if quantized else "float"
-    print(f"{kind} model {a.model}")
-    print(f"perplexity {r['ppl']:.3f} on {Path(text_path).name}: {r['windows']} windows of {a.ctx} tokens "
-          f"({r['tokens']} predicted tokens, {time.perf_counter() - t0:.1f} s)")
-    print(size_summary(model))
-    if a.max_new_tokens > 0:
-        print(f"greedy: {a.prompt!r} -> {generate_greedy(model, tok, a.prompt, a.max_new_tokens)!r}")
+    ids_for = lambda tok: tokenize_for_eval(tok, text)
+    rows = [_evaluate(p, ids_for, a) for p in ([a.baseline] if a.baseline else []) + [a.model]]
+    r0 = rows[-1]
+    print(f"\nperplexity on {Path(text_path).name}: {r0['windows']} windows of {a.ctx} tokens "
+          f"({r0['tokens']} predicted tokens)")
+    print(f"| {'model':40s} | {'kind':9s} | {'perplexity':>10s} | {'Linear weights':>14s} | {'bits/weight':>11s} |")
+    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 12}|{'-' * 16}|{'-' * 13}|")
+    for r in rows:
+        kind = "quantized" if r["quantized"] else "float"
+        size = f"{r['mib']:.1f} MiB"
+        print(f"| {Path(r['path']).name[:40]:40s} | {kind:9s} | {r['ppl']:10.3f} | {size:>14s} | {r['bpw']:11.3f} |")
+    print("(Linear weights exclude embeddings and lm_head; float models counted at fp16)")
+    for r in rows:
+        if r["sample"] is not None:
+            print(f"greedy ({Path(r['path']).name}): {a.prompt!r} -> {r['sample']!r}")
     return 0
 
 
@@ -161,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity and a greedy generation (quantized checkpoint or float model)")
     e.add_argument("model", help="vq2trt checkpoint, HF folder or .gguf file")
+    e.add_argument("--baseline", help="also evaluate this model (e.g. the float original) and print both")
     e.add_argument("--text", help="evaluation text (default: WikiText-2 raw test)")
     e.add_argument("--ctx", type=int, default=2048, help="tokens per window (default 2048)")
     e.add_argument("--windows", type=int, default=16, help="windows from the start (default 16; 0 = all)")

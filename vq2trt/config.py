@@ -170,7 +170,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~2 bits/weight all-in on small models (hidden <= 2048): 8-bit indices per 4 weights,
     # a 2 KiB codebook per layer, so the codebook costs little even on 576x192 layers.
     "v4-k256": dict(vector_len=4, num_centroids=256),
-    # ~3 bits: the 2-bit main codebook plus a 16-entry residual (4 bits per 4 weights).
+    # ~3 bits: 9-bit indices per 3 weights; the 1 % most salient input columns (by diag(H)) get
+    # their own v2-k256 codebook. On SmolLM2 a single codebook fails on down_proj, whose few
+    # huge-activation channels dominate the Hessian-weighted k-means; the outlier codebook fixes it.
+    "v3-k512-o1": dict(vector_len=3, num_centroids=512, outlier_frac=0.01, outlier_vector_len=2,
+                       outlier_num_centroids=256),
+    # ~3 bits with a residual: the 2-bit main codebook plus a 16-entry residual (4 bits per 4 weights).
     "v4-k256-r16": dict(vector_len=4, num_centroids=256, num_res_centroids=16),
     # Paper's 2-bit settings for 7B+ models (1 MiB codebook per layer pays off only there).
     "v8-k65536": dict(vector_len=8, num_centroids=65536, outlier_frac=0.01, outlier_vector_len=4,
@@ -178,6 +183,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "v6-k4096": dict(vector_len=6, num_centroids=4096),
     "gptq-w2g128": dict(method="gptq", bits=2, group_size=128),
     "gptq-w3g128": dict(method="gptq", bits=3, group_size=128),
+    "gptq-w3g64": dict(method="gptq", bits=3, group_size=64),
     "rtn-w2g128": dict(method="rtn", bits=2, group_size=128),
     "rtn-w3g128": dict(method="rtn", bits=3, group_size=128),
 }

@@ -32,11 +32,13 @@ def test_quantize_eval_info(model_dir, calib, tmp_path, capsys):
     out = tmp_path / "q"
     assert main(_args(model_dir, calib, out, "--config", str(cfg))) == 0
     assert (out / "model.safetensors").exists() and not (tmp_path / ".q.partial").exists()
-    assert main(["eval", str(out), "--text", str(calib), "--ctx", "64", "--windows", "2", "--quiet",
+    assert main(["eval", str(out), "--baseline", str(model_dir), "--text", str(calib), "--ctx", "64", "--windows", "2",
+                 "--quiet",
                  "--max-new-tokens", "3", "--prompt", "the quick"]) == 0
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "all-in bits per weight" in text and "perplexity" in text and "greedy" in text and "q_proj" in text
+    assert "| quantized |" in text and "| float     |" in text
 
 
 def _fails(argv, capsys, *needles):
