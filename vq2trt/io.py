@@ -8,6 +8,7 @@ naming the file and tensor, never a model with garbage weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -56,17 +57,21 @@ def checkpoint_tensors(model: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
+@contextlib.contextmanager
 def _atomic_dir(out_dir: Path, overwrite: bool):
+    """A temporary sibling folder that replaces ``out_dir`` only if the body finishes."""
     if out_dir.exists() and not overwrite:
         raise CheckpointError(f"output folder {out_dir} already exists; choose another or pass --overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-
-
-def _commit_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.PathLike, *, tokenizer=None,
@@ -77,8 +82,7 @@ def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.Path
     out_dir = Path(out_dir)
     if not _vq_modules(model):
         raise CheckpointError("the model has no VQLinear layers: quantize it with method 'vptq' first")
-    tmp = _atomic_dir(out_dir, overwrite)
-    try:
+    with _atomic_dir(out_dir, overwrite) as tmp:
         cfg = model.config.to_dict()
         cfg["quantization_config"] = quantization_config(config)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
@@ -86,10 +90,6 @@ def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.Path
                   metadata={"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -97,8 +97,7 @@ def save_simulated(model: nn.Module, config: QuantConfig, out_dir: str | os.Path
                    overwrite: bool = False) -> Path:
     """Scalar baselines (gptq/rtn) hold fake-quantized float weights: saved as a plain HF folder."""
     out_dir = Path(out_dir)
-    tmp = _atomic_dir(out_dir, overwrite)
-    try:
+    with _atomic_dir(out_dir, overwrite) as tmp:
         # Written by hand: transformers refuses save_pretrained() on models it loaded from GGUF.
         from safetensors.torch import save_file as save_torch
 
@@ -111,10 +110,6 @@ def save_simulated(model: nn.Module, config: QuantConfig, out_dir: str | os.Path
         save_torch(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        _commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

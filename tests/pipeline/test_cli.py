@@ -93,3 +93,13 @@ def test_eval_of_damaged_checkpoint(tmp_path, capsys):
     (d / "model.safetensors").write_bytes(b"junk")
     (tmp_path / "t.txt").write_text(TEXT)
     _fails(["eval", str(d), "--text", str(tmp_path / "t.txt")], capsys, "model.safetensors")
+
+
+def test_scalar_baseline_writes_a_loadable_float_folder(model_dir, calib, tmp_path, capsys):
+    out = tmp_path / "rtn"
+    assert main(_args(model_dir, calib, out, "--config", "rtn-w2g128")) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vq2trt_simulated_quantization"]["method"] == "rtn"
+    assert main(["eval", str(out), "--text", str(calib), "--ctx", "64", "--windows", "1", "--quiet",
+                 "--max-new-tokens", "0"]) == 0
+    assert "| float     |" in capsys.readouterr().out
