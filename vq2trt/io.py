@@ -64,6 +64,9 @@ def _atomic_dir(out_dir: Path, overwrite: bool):
         raise CheckpointError(f"output folder {out_dir} already exists; choose another or pass --overwrite")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the output from other users
     try:
         yield tmp
         if out_dir.exists():

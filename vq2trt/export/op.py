@@ -81,7 +81,6 @@ def weight_inputs(w: VQWeight) -> dict[str, np.ndarray]:
 def make_model(w: VQWeight, x_dtype=np.float32, *, accuracy_level: int = 0, rank: int = 2,
                opset: int = 17):
     """A one-node ONNX model: Y = VQGemm(X, <w's tensors as initializers>), X of shape [..., K]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
@@ -120,3 +119,49 @@ def weight_from_node_inputs(attrs: dict, tensors: list[np.ndarray]) -> VQWeight:
         if key in attrs and attrs[key] != want:
             raise ValueError(f"VQGemm attribute {key}={attrs[key]} disagrees with its inputs' shapes ({want})")
     return w
+
+
+def register_onnx_schema() -> None:
+    """Register VQGemm with onnx.defs (once per process), built from the schema file, so that
+    onnxscript can call it and onnx.checker validates the nodes' inputs and attributes."""
+    import onnx.defs as defs
+
+    if defs.has(OP_TYPE, DOMAIN):
+        return
+    S = defs.OpSchema
+    spec = schema()
+    # One heterogeneous variadic: the optional groups are compacted (docs/format.md §9), so
+    # positions and types vary and the attributes say which are present. (onnxscript binds a
+    # fixed parameter placed before a variadic twice, so X is part of it too.)
+    names = ", ".join(i["name"] for i in spec["inputs"])
+    inputs = [S.FormalParameter("inputs", "V", f"in this order, absent groups left out: {names}",
+                                param_option=S.FormalParameterOption.Variadic, is_homogeneous=False,
+                                min_arity=4)]
+    kinds = {"INT": S.AttrType.INT, "STRING": S.AttrType.STRING}
+    attrs = [S.Attribute(a["name"], kinds[a["type"]], a.get("doc", "")) for a in spec["attributes"]]
+    schema_obj = S(
+        OP_TYPE, DOMAIN, OP_VERSION, spec["semantics"], inputs=inputs,
+        outputs=[S.FormalParameter("Y", "T", "[..., N], X's dtype")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations"),
+                          ("V", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int32)"],
+                           "X, packed indices, fp16 codebooks/scales, fp32 bias")],
+        attributes=attrs)
+    schema_obj.set_type_and_shape_inference_function(_infer_output)
+    defs.register_schema(schema_obj)
+
+
+def _infer_output(ctx) -> None:
+    """Y: X's element type and shape with the last dimension replaced by out_features."""
+    import onnx
+
+    x = ctx.get_input_type(0)
+    if x is None or not x.HasField("tensor_type"):
+        return
+    y = onnx.TypeProto()
+    y.tensor_type.elem_type = x.tensor_type.elem_type
+    if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
+        y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
+        last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
+        last.Clear()
+        last.dim_value = ctx.get_attribute("out_features").i
+    ctx.set_output_type(0, y)

@@ -1,0 +1,92 @@
+"""A LLaMA-family decoder with an explicit KV cache, written for ONNX export.
+
+It reuses the HF model's own modules and parameters (embeddings, RMSNorms, MLPs, projections)
+and re-states only what export needs spelled out: rotary embedding from position_ids, past/present
+key-value tensors, and a mask built from attention_mask and positions. Tests hold its logits to
+the HF model's.
+
+Graph interface (names follow the ONNX Runtime GenAI convention):
+  input_ids        int64  [batch, seq]
+  attention_mask   int64  [batch, past + seq]    1 = attend, 0 = padding
+  position_ids     int64  [batch, seq]
+  past_key_values.{i}.key / .value   float32 [batch, kv_heads, past, head_dim]
+  logits           float32 [batch, seq, vocab]
+  present.{i}.key / .value           float32 [batch, kv_heads, past + seq, head_dim]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class ExportDecoder(nn.Module):
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        cfg = hf_model.config
+        inner = hf_model.model
+        self.embed_tokens, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
+        self.lm_head = hf_model.lm_head
+        self.num_layers = cfg.num_hidden_layers
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        rotary = inner.rotary_emb
+        self.register_buffer("inv_freq", rotary.inv_freq.detach().float().clone(), persistent=False)
+        self.attention_scaling = float(rotary.attention_scaling)
+
+    # names of the graph's inputs and outputs, in order
+    def input_names(self) -> list[str]:
+        kv = [f"past_key_values.{i}.{t}" for i in range(self.num_layers) for t in ("key", "value")]
+        return ["input_ids", "attention_mask", "position_ids", *kv]
+
+    def output_names(self) -> list[str]:
+        kv = [f"present.{i}.{t}" for i in range(self.num_layers) for t in ("key", "value")]
+        return ["logits", *kv]
+
+    def _attention(self, attn: nn.Module, h, cos, sin, mask, past_k, past_v):
+        B, S, _ = h.shape                                            # h [B, S, hidden]
+        q = attn.q_proj(h).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)     # [B, H, S, d]
+        k = attn.k_proj(h).view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, d]
+        v = attn.v_proj(h).view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k = torch.cat([past_k, k], dim=2)                            # [B, Hkv, T, d]
+        v = torch.cat([past_v, v], dim=2)
+        rep = self.num_heads // self.num_kv_heads
+        kr = k.repeat_interleave(rep, dim=1)                         # [B, H, T, d]
+        vr = v.repeat_interleave(rep, dim=1)
+        scores = torch.matmul(q, kr.transpose(2, 3)) * (self.head_dim ** -0.5) + mask   # [B, H, S, T]
+        probs = torch.softmax(scores, dim=-1)
+        out = torch.matmul(probs, vr).transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)
+        return attn.o_proj(out), k, v
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        h = self.embed_tokens(input_ids)                             # [B, S, hidden]
+        S, T = input_ids.shape[1], attention_mask.shape[1]
+        freqs = position_ids[..., None].float() * self.inv_freq      # [B, S, d/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos = (emb.cos() * self.attention_scaling)[:, None]          # [B, 1, S, d]
+        sin = (emb.sin() * self.attention_scaling)[:, None]
+        # query i sits at absolute index T - S + i; it may see key j <= that index if unmasked
+        q_idx = torch.arange(S, device=h.device)[:, None] + (T - S)
+        causal = torch.arange(T, device=h.device)[None, :] <= q_idx                  # [S, T]
+        allowed = causal[None, None] & (attention_mask[:, None, None, :] > 0)        # [B, 1, S, T]
+        mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        presents = []
+        for i, layer in enumerate(self.layers):
+            a, k, v = self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask,
+                                      past[2 * i], past[2 * i + 1])
+            h = h + a
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            presents += [k, v]
+        logits = self.lm_head(self.norm(h))
+        return (logits, *presents)
+
+    def empty_past(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
+        shape = (batch, self.num_kv_heads, length, self.head_dim)
+        return [torch.zeros(shape, dtype=dtype) for _ in range(2 * self.num_layers)]

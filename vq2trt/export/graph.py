@@ -1,0 +1,113 @@
+"""Checks and clean-ups of an exported graph, and writing the ONNX folder.
+
+Every VQGemm node is checked against export/vqgemm_op.json (domain, attributes, input count and
+dtypes); the graph is cleaned and sorted with onnx-graphsurgeon, then `onnx.checker` runs with
+full shape inference. Only a graph that passes is written, into a folder that appears whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from vq2trt.export import op
+
+GENAI_CONFIG = "vq2trt_onnx.json"
+_DTYPES = {"int32": np.int32, "float16": np.float16, "float32": np.float32}
+
+
+class ExportError(RuntimeError):
+    """The exported graph breaks the op contract or the ONNX checker."""
+
+
+def check_vqgemm_nodes(graph) -> int:
+    """Validate every VQGemm node of an onnx-graphsurgeon graph; returns how many there are."""
+    import onnx_graphsurgeon as gs
+
+    schema = op.schema()
+    attr_names = [a["name"] for a in schema["attributes"]]
+    spec = {i["name"]: i for i in schema["inputs"]}
+    count = 0
+    for node in graph.nodes:
+        if node.op != op.OP_TYPE:
+            continue
+        count += 1
+        where = f"VQGemm node '{node.name}'"
+        if node.domain != op.DOMAIN:
+            raise ExportError(f"{where}: domain '{node.domain}', expected '{op.DOMAIN}'")
+        if sorted(node.attrs) != sorted(attr_names):
+            raise ExportError(f"{where}: attributes {sorted(node.attrs)}, the schema has {sorted(attr_names)}")
+        if node.attrs["plugin_version"] != op.PLUGIN_VERSION:
+            raise ExportError(f"{where}: plugin_version {node.attrs['plugin_version']!r}, expected '1'")
+        names = op.input_names(node.attrs)
+        if len(node.inputs) != 1 + len(names):
+            raise ExportError(f"{where}: {len(node.inputs)} inputs {[t.name for t in node.inputs]}, "
+                              f"its attributes call for {1 + len(names)}")
+        for name, t in zip(names, node.inputs[1:]):
+            if not isinstance(t, gs.Constant):
+                raise ExportError(f"{where}: weight input '{name}' is not an initializer ({t.name})")
+            want = [_DTYPES[d] for d in spec[name]["dtypes"]]
+            if t.values.dtype not in want:
+                raise ExportError(f"{where}: input '{name}' is {t.values.dtype}, the schema wants {want}")
+        op.weight_from_node_inputs(node.attrs, [t.values for t in node.inputs[1:]])
+    return count
+
+
+def finalize(proto, decoder, *, expect_vqgemm: int | None = None):
+    """Clean, check and return the model proto: dead nodes removed, sorted, contract and checker passed."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(proto)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    n = check_vqgemm_nodes(graph)
+    if expect_vqgemm is not None and n != expect_vqgemm:
+        raise ExportError(f"exported graph has {n} VQGemm nodes, the model has {expect_vqgemm} quantized Linears")
+    if [t.name for t in graph.inputs] != decoder.input_names():
+        raise ExportError(f"graph inputs {[t.name for t in graph.inputs][:4]}... do not match the decoder's")
+    if [t.name for t in graph.outputs] != decoder.output_names():
+        raise ExportError(f"graph outputs {[t.name for t in graph.outputs][:4]}... do not match the decoder's")
+    out = gs.export_onnx(graph)
+    opsets = {o.domain: o.version for o in out.opset_import}
+    if n and opsets.get(op.DOMAIN) != op.OP_VERSION:
+        del out.opset_import[:]
+        out.opset_import.extend([onnx.helper.make_opsetid(d, v) for d, v in opsets.items() if d != op.DOMAIN]
+                                + [onnx.helper.make_opsetid(op.DOMAIN, op.OP_VERSION)])
+    out.ir_version = proto.ir_version
+    try:
+        out = onnx.shape_inference.infer_shapes(out, check_type=True, data_prop=True)
+        onnx.checker.check_model(out, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"exported graph fails the ONNX checker: {e}") from e
+    return out
+
+
+def model_info(model, decoder, *, quantized: bool, accuracy_level: int) -> dict:
+    cfg = model.config
+    eos = getattr(cfg, "eos_token_id", None)
+    return {
+        "format": "vq2trt-onnx", "version": 1, "model_type": cfg.model_type, "quantized": quantized,
+        "accuracy_level": accuracy_level, "num_layers": decoder.num_layers,
+        "num_key_value_heads": decoder.num_kv_heads, "head_dim": decoder.head_dim,
+        "vocab_size": cfg.vocab_size, "eos_token_id": eos, "bos_token_id": getattr(cfg, "bos_token_id", None),
+        "inputs": decoder.input_names(), "outputs": decoder.output_names(),
+    }
+
+
+def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, tokenizer, accuracy_level: int) -> Path:
+    import onnx
+
+    from vq2trt.export.onnx_export import DATA_FILE, MODEL_FILE
+    from vq2trt.io import _atomic_dir
+
+    quantized = any(n.op_type == op.OP_TYPE for n in proto.graph.node)
+    with _atomic_dir(out_dir, overwrite) as tmp:
+        onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=DATA_FILE, size_threshold=1024)
+        info = model_info(model, decoder, quantized=quantized, accuracy_level=accuracy_level)
+        (tmp / GENAI_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return out_dir

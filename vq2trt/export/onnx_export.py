@@ -1,0 +1,87 @@
+"""Export a (quantized or float) LLaMA-family model to an ONNX decoder with KV cache.
+
+Quantized Linears (VQLinear) become VQGemm nodes through the `vq2trt::vq_gemm` custom op and an
+onnxscript translation; everything else is standard ONNX. The result goes through graph checks
+(graph.py) and `onnx.checker` with full shape inference before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vq2trt.export import op
+from vq2trt.export.decoder import ExportDecoder
+from vq2trt.export.torch_op import INT_ATTRS, VQGemmLinear
+from vq2trt.nn import VQLinear, replace_linear
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+OPSET = 18
+
+
+def _translation():
+    """onnxscript function emitting one vq2trt::VQGemm node with the schema's attributes."""
+    from onnxscript.values import Opset
+
+    op.register_onnx_schema()
+    vq = Opset(op.DOMAIN, op.OP_VERSION)
+
+    def vq_gemm(x, indices, codebook, perm, res_indices, res_codebook, outlier_indices, outlier_codebook,
+                col_scale, col_bias, bias, attrs):
+        a = dict(zip(INT_ATTRS, (int(v) for v in attrs)))
+        given = dict(res_indices=res_indices, res_codebook=res_codebook, outlier_indices=outlier_indices,
+                     outlier_codebook=outlier_codebook, col_scale=col_scale, col_bias=col_bias, bias=bias,
+                     indices=indices, codebook=codebook, perm=perm)
+        inputs = [given[n] for n in op.input_names(a)]
+        return vq.VQGemm(x, *inputs, **a, plugin_version=op.PLUGIN_VERSION)
+
+    return {torch.ops.vq2trt.vq_gemm.default: vq_gemm}
+
+
+def prepare(model: nn.Module, accuracy_level: int = 0) -> ExportDecoder:
+    """Swap every VQLinear for its export twin and wrap the model in the KV-cache decoder."""
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, VQLinear):
+            replace_linear(model, name, VQGemmLinear(mod.to_vqweight(), accuracy_level))
+    return ExportDecoder(model).eval()
+
+
+def _sample_inputs(dec: ExportDecoder, batch: int = 2, seq: int = 3, past: int = 4):
+    ids = torch.randint(0, dec.embed_tokens.num_embeddings, (batch, seq))
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    pos = torch.arange(past, past + seq)[None].repeat(batch, 1)
+    return (ids, mask, pos, *dec.empty_past(batch, past))
+
+
+def _dynamic_shapes(dec: ExportDecoder):
+    from torch.export import Dim
+
+    batch, seq, total = Dim("batch"), Dim("seq"), Dim("total_seq")
+    past = Dim("past_seq")
+    kv = {0: batch, 2: past}
+    # *past is one positional varargs tuple to torch.export
+    return ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+            tuple([kv] * (2 * dec.num_layers)))
+
+
+def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
+                overwrite: bool = False, tokenizer=None) -> Path:
+    """Write out_dir/model.onnx (+ model.onnx.data, genai-style config.json, tokenizer files)."""
+    from vq2trt.export.graph import finalize, write_folder
+
+    dec = prepare(model, accuracy_level)
+    args = _sample_inputs(dec)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            dec, args, dynamo=True, opset_version=OPSET, input_names=dec.input_names(),
+            output_names=dec.output_names(), dynamic_shapes=_dynamic_shapes(dec),
+            custom_translation_table=_translation(), optimize=True, verbose=False)
+    proto = finalize(program.model_proto, dec)
+    return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
+                        accuracy_level=accuracy_level)
