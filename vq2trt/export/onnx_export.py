@@ -7,6 +7,7 @@ onnxscript translation; everything else is standard ONNX. The result goes throug
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -44,7 +45,8 @@ def _translation():
 
 
 def prepare(model: nn.Module, accuracy_level: int = 0) -> ExportDecoder:
-    """Swap every VQLinear for its export twin and wrap the model in the KV-cache decoder."""
+    """A copy of ``model`` with every VQLinear swapped for its export twin, in the KV-cache decoder."""
+    model = copy.deepcopy(model)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, VQLinear):
             replace_linear(model, name, VQGemmLinear(mod.to_vqweight(), accuracy_level))
