@@ -15,12 +15,14 @@ EXIT_USAGE = 2
 def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.data import DataError
     from vq2trt.evaluate import EvalError
+    from vq2trt.export.graph import ExportError
     from vq2trt.format import FormatError
     from vq2trt.io import CheckpointError
     from vq2trt.models import ModelLoadError
     from vq2trt.quantize import QuantizeError
+    from vq2trt.runtime.session import RunError
     return ConfigError, FormatError, CheckpointError, ModelLoadError, DataError, EvalError, QuantizeError, \
-        FileNotFoundError
+        ExportError, RunError, FileNotFoundError
 
 
 def _work_dir(out: Path) -> Path:
@@ -102,11 +104,24 @@ def _evaluate(path: str, ids_for, a: argparse.Namespace) -> dict:
     if tok is None:
         raise ConfigError(f"{path} has no tokenizer; cannot evaluate on text")
     t0 = time.perf_counter()
-    r = perplexity(model, ids_for(tok), ctx=a.ctx, windows=a.windows, progress=not a.quiet)
+    ids = ids_for(tok)
+    r = perplexity(model, ids, ctx=a.ctx, windows=a.windows, progress=not a.quiet)
     mib, bpw = linear_size(model)
     sample = generate_greedy(model, tok, a.prompt, a.max_new_tokens) if a.max_new_tokens > 0 else None
     return dict(path=path, quantized=quantized, ppl=r["ppl"], windows=r["windows"], tokens=r["tokens"],
-                seconds=time.perf_counter() - t0, mib=mib, bpw=bpw, sample=sample)
+                seconds=time.perf_counter() - t0, mib=mib, bpw=bpw, sample=sample, ids=ids)
+
+
+def _evaluate_onnx(onnx_dir: str, torch_row: dict, a: argparse.Namespace) -> dict:
+    """Perplexity of an exported model in ONNX Runtime on the same token ids as the PyTorch row."""
+    from vq2trt.runtime.session import OnnxDecoder
+
+    dec = OnnxDecoder(onnx_dir, threads=a.threads)
+    r = dec.perplexity(torch_row["ids"].numpy(), ctx=a.ctx, windows=a.windows, progress=not a.quiet)
+    rel = r["ppl"] / torch_row["ppl"] - 1
+    print(f"ONNX Runtime perplexity {r['ppl']:.3f} vs PyTorch {torch_row['ppl']:.3f}: {rel:+.3%}")
+    return dict(torch_row, path=onnx_dir, ppl=r["ppl"], sample=None,
+                kind="ORT " + ("VQGemm" if dec.info.get("quantized") else "float"))
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -121,14 +136,16 @@ def cmd_eval(a: argparse.Namespace) -> int:
     ids_for = lambda tok: tokenize_for_eval(tok, text)
     rows = [_evaluate(p, ids_for, a) for p in ([a.baseline] if a.baseline else []) + [a.model]]
     r0 = rows[-1]
+    if a.onnx:
+        rows.append(_evaluate_onnx(a.onnx, r0, a))
     print(f"\nperplexity on {Path(text_path).name}: {r0['windows']} windows of {a.ctx} tokens "
           f"({r0['tokens']} predicted tokens)")
-    print(f"| {'model':40s} | {'kind':9s} | {'perplexity':>10s} | {'Linear weights':>14s} | {'bits/weight':>11s} |")
-    print(f"|{'-' * 42}|{'-' * 11}|{'-' * 12}|{'-' * 16}|{'-' * 13}|")
+    print(f"| {'model':40s} | {'kind':10s} | {'perplexity':>10s} | {'Linear weights':>14s} | {'bits/weight':>11s} |")
+    print(f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 16}|{'-' * 13}|")
     for r in rows:
-        kind = "quantized" if r["quantized"] else "float"
+        kind = r.get("kind") or ("quantized" if r["quantized"] else "float")
         size = f"{r['mib']:.1f} MiB"
-        print(f"| {Path(r['path']).name[:40]:40s} | {kind:9s} | {r['ppl']:10.3f} | {size:>14s} | {r['bpw']:11.3f} |")
+        print(f"| {Path(r['path']).name[:40]:40s} | {kind:10s} | {r['ppl']:10.3f} | {size:>14s} | {r['bpw']:11.3f} |")
     print("(Linear weights exclude embeddings and lm_head; float models counted at fp16)")
     for r in rows:
         if r["sample"] is not None:
@@ -181,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text", help="evaluation text (default: WikiText-2 raw test)")
     e.add_argument("--ctx", type=int, default=2048, help="tokens per window (default 2048)")
     e.add_argument("--windows", type=int, default=16, help="windows from the start (default 16; 0 = all)")
+    e.add_argument("--onnx", help="also compute the perplexity of this ONNX export in ONNX Runtime (same ids)")
     e.add_argument("--prompt", default="The capital of France is")
     e.add_argument("--max-new-tokens", type=int, default=24)
     e.add_argument("--device")
@@ -191,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="per-layer format and bits of a checkpoint")
     i.add_argument("checkpoint")
     i.set_defaults(func=cmd_info)
+
+    from vq2trt.cli_deploy import add_parsers
+    add_parsers(sub)
     return p
 
 

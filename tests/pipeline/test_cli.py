@@ -38,7 +38,7 @@ def test_quantize_eval_info(model_dir, calib, tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "all-in bits per weight" in text and "perplexity" in text and "greedy" in text and "q_proj" in text
-    assert "| quantized |" in text and "| float     |" in text
+    assert "| quantized  |" in text and "| float      |" in text
 
 
 def _fails(argv, capsys, *needles):
@@ -102,4 +102,4 @@ def test_scalar_baseline_writes_a_loadable_float_folder(model_dir, calib, tmp_pa
     assert cfg["vq2trt_simulated_quantization"]["method"] == "rtn"
     assert main(["eval", str(out), "--text", str(calib), "--ctx", "64", "--windows", "1", "--quiet",
                  "--max-new-tokens", "0"]) == 0
-    assert "| float     |" in capsys.readouterr().out
+    assert "| float      |" in capsys.readouterr().out

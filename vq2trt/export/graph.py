@@ -84,7 +84,7 @@ def finalize(proto, decoder, *, expect_vqgemm: int | None = None):
     return out
 
 
-def model_info(model, decoder, *, quantized: bool, accuracy_level: int) -> dict:
+def model_info(model, decoder, *, quantized: bool, accuracy_level: int, source: str | None) -> dict:
     cfg = model.config
     eos = getattr(cfg, "eos_token_id", None)
     return {
@@ -92,11 +92,12 @@ def model_info(model, decoder, *, quantized: bool, accuracy_level: int) -> dict:
         "accuracy_level": accuracy_level, "num_layers": decoder.num_layers,
         "num_key_value_heads": decoder.num_kv_heads, "head_dim": decoder.head_dim,
         "vocab_size": cfg.vocab_size, "eos_token_id": eos, "bos_token_id": getattr(cfg, "bos_token_id", None),
-        "inputs": decoder.input_names(), "outputs": decoder.output_names(),
+        "source": source, "inputs": decoder.input_names(), "outputs": decoder.output_names(),
     }
 
 
-def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, tokenizer, accuracy_level: int) -> Path:
+def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, tokenizer, accuracy_level: int,
+                 source: str | None = None) -> Path:
     import onnx
 
     from vq2trt.export.onnx_export import DATA_FILE, MODEL_FILE
@@ -106,7 +107,7 @@ def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, token
     with _atomic_dir(out_dir, overwrite) as tmp:
         onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)
-        info = model_info(model, decoder, quantized=quantized, accuracy_level=accuracy_level)
+        info = model_info(model, decoder, quantized=quantized, accuracy_level=accuracy_level, source=source)
         (tmp / GENAI_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))

@@ -72,8 +72,10 @@ def _dynamic_shapes(dec: ExportDecoder):
 
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
-                overwrite: bool = False, tokenizer=None) -> Path:
-    """Write out_dir/model.onnx (+ model.onnx.data, genai-style config.json, tokenizer files)."""
+                overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None) -> Path:
+    """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
+
+    ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`."""
     from vq2trt.export.graph import finalize, write_folder
 
     dec = prepare(model, accuracy_level)
@@ -86,4 +88,4 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
             custom_translation_table=_translation(), optimize=True, verbose=False)
     proto = finalize(program.model_proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
-                        accuracy_level=accuracy_level)
+                        accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))

@@ -1,0 +1,138 @@
+"""Polygraphy accuracy comparison of an exported model: ONNX Runtime (VQGemm library loaded)
+against the PyTorch reference model and, for information, against the float export.
+
+Polygraphy's `--onnxrt` command line cannot load a custom-op library (FACTS.md), so the ORT
+session is built here and handed to `OnnxrtRunner`. torch is imported only by the PyTorch runner.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vq2trt.runtime.session import create_session, read_info
+
+# ORT's VQGemm and the PyTorch reference use the same fp16 codebooks and float32 arithmetic and
+# differ only in summation order (~1e-6 relative per dot product); over 30 layers that grows to
+# ~1e-4 relative in the logits. accuracy_level 4 rounds activations to int8 (~0.4 % per block),
+# which compounds through the layers: judged by a tolerance 20x looser.
+TOLERANCES = {0: dict(atol=2e-3, rtol=2e-3), 4: dict(atol=5e-2, rtol=5e-2)}
+
+
+def feeds_for(info: dict, prompt_ids: list[int], decode_steps: int = 2) -> list[OrderedDict]:
+    """A prefill of the prompt and then decode steps with a past of the prompt's length (zeros:
+    the comparison needs a fixed past, not a meaningful one)."""
+    P = len(prompt_ids)
+    L, H, D = int(info["num_layers"]), int(info["num_key_value_heads"]), int(info["head_dim"])
+    rng = np.random.default_rng(0)
+    feeds = []
+    for past_len, ids in [(0, prompt_ids)] + [(P + s, [prompt_ids[s % P]]) for s in range(decode_steps)]:
+        S = len(ids)
+        f = OrderedDict(input_ids=np.array([ids], np.int64),
+                        attention_mask=np.ones((1, past_len + S), np.int64),
+                        position_ids=np.arange(past_len, past_len + S, dtype=np.int64)[None])
+        for i in range(L):
+            for t in ("key", "value"):
+                f[f"past_key_values.{i}.{t}"] = rng.standard_normal((1, H, past_len, D)).astype(np.float32)
+        feeds.append(f)
+    return feeds
+
+
+def torch_runner(checkpoint: str | Path, info: dict):
+    """A polygraphy runner over the PyTorch model (VQLinear reference path) in the export's decoder."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class TorchRunner(BaseRunner):
+        def __init__(self):
+            super().__init__(name="pytorch-reference", prefix="pytorch-runner")
+
+        def activate_impl(self):
+            from vq2trt.export.decoder import ExportDecoder
+            from vq2trt.io import is_quantized_checkpoint, load_quantized
+            from vq2trt.models import load_model
+
+            if is_quantized_checkpoint(checkpoint):
+                model = load_quantized(checkpoint)
+            else:
+                model, _ = load_model(str(checkpoint))
+            self.decoder = ExportDecoder(model).eval()
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for name in info["inputs"]:
+                meta.add(name, np.int64 if name in ("input_ids", "attention_mask", "position_ids") else np.float32,
+                         None)
+            return meta
+
+        def infer_impl(self, feed_dict):
+            import torch
+
+            args = [torch.from_numpy(np.ascontiguousarray(feed_dict[n])) for n in info["inputs"]]
+            t = time.perf_counter()
+            with torch.no_grad():
+                outs = self.decoder(*args)
+            dt = time.perf_counter() - t
+            return OrderedDict((n, o.numpy()) for n, o in zip(info["outputs"], outs)), dt
+
+        def deactivate_impl(self):
+            del self.decoder
+
+    return TorchRunner()
+
+
+@dataclass
+class PairResult:
+    a: str
+    b: str
+    max_abs: float
+    mean_abs: float
+    max_rel: float
+    passed: bool | None      # None: informational (quantized vs float)
+
+
+def _errors(ra, rb, outputs) -> tuple[float, float, float]:
+    mx, mean, rel = 0.0, [], 0.0
+    for fa, fb in zip(ra, rb):
+        for n in outputs:
+            a, b = np.asarray(fa[n], np.float64), np.asarray(fb[n], np.float64)
+            d = np.abs(a - b)
+            if d.size:
+                mx, rel = max(mx, float(d.max())), max(rel, float(d.max() / (np.abs(b).max() + 1e-12)))
+                mean.append(float(d.mean()))
+    return mx, float(np.mean(mean)) if mean else 0.0, rel
+
+
+def compare(onnx_dir: str | Path, *, checkpoint: str | Path | None = None, float_onnx: str | Path | None = None,
+            prompt_ids: list[int] | None = None, decode_steps: int = 2, threads: int | None = None) -> list[PairResult]:
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    info = read_info(onnx_dir)
+    level = int(info.get("accuracy_level", 0))
+    prompt_ids = prompt_ids or [1, 504, 3458, 282, 4649, 314]
+    feeds = feeds_for(info, prompt_ids, decode_steps)
+    runners = [OnnxrtRunner(create_session(onnx_dir, threads=threads), name="onnxruntime+vq2trt")]
+    ckpt = checkpoint or info.get("source")
+    if ckpt:
+        runners.append(torch_runner(ckpt, info))
+    if float_onnx:
+        runners.append(OnnxrtRunner(create_session(float_onnx, threads=threads), name="onnxruntime-float"))
+    results = Comparator.run(runners, data_loader=feeds)
+    by_name = {name: [dict(f) for f in outs] for name, outs in results}
+    outputs = ["logits"] + [n for n in info["outputs"] if n.startswith("present")]
+    rows = []
+    if ckpt:
+        tol = TOLERANCES[level]
+        ok = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(**tol)))
+        rows.append(PairResult("onnxruntime+vq2trt", "pytorch-reference",
+                               *_errors(by_name["onnxruntime+vq2trt"], by_name["pytorch-reference"], outputs), ok))
+    if float_onnx:
+        rows.append(PairResult("onnxruntime+vq2trt", "onnxruntime-float",
+                               *_errors(by_name["onnxruntime+vq2trt"], by_name["onnxruntime-float"], ["logits"]),
+                               None))
+    return rows
