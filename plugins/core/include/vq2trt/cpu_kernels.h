@@ -1,0 +1,47 @@
+// CPU VQGemm: Y[M, N] = X[M, K] · dequant(W)ᵀ + bias, from a prepacked weight.
+// Prepacking (float / int8 lookup tables, padded to 2^b entries so that no index value can read
+// out of bounds) is done once per weight; computing needs only the prepacked object.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "vq2trt/format.h"
+
+namespace vq2trt {
+
+// Runs fn(arg, i) for every i < n_tasks, possibly concurrently. A default-constructed
+// ParallelFor (run == nullptr) runs the tasks serially.
+struct ParallelFor {
+  using TaskFn = void (*)(void* arg, size_t task);
+  void (*run)(void* ctx, TaskFn fn, size_t n_tasks, void* arg) = nullptr;
+  void* ctx = nullptr;
+  void operator()(TaskFn fn, size_t n_tasks, void* arg) const;
+};
+
+// Instruction sets a kernel may use; detect_isa() asks the CPU at run time.
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 /* F, BW, VL, VBMI, VNNI */ };
+Isa detect_isa();
+const char* isa_name(Isa isa);
+
+struct Prepacked;  // opaque: parts, lookup tables, permuted scales
+struct PrepackedDeleter { void operator()(Prepacked* p) const; };
+using PrepackedPtr = std::unique_ptr<Prepacked, PrepackedDeleter>;
+
+// accuracy_level 0: float32 arithmetic throughout. 4: parts with k <= 256 may round the
+// activations (per 64-column block) and the codebooks (per component) to int8, on AVX-512 VNNI.
+// `isa` caps the instruction set (tests compare every level against the scalar path).
+// The weight must have passed validate_dims; the data need not be validated for memory
+// safety (indices are masked to their bit width and tables padded), only for correct results.
+PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa = detect_isa());
+
+// X [M, K] and Y [M, N] row-major in x_type (kFloat32, kFloat16 or kBFloat16).
+void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y,
+             const ParallelFor& parallel = ParallelFor());
+
+// The scalar reference written from docs/format.md §5, accumulated in double; Y float32 [M, N].
+void vq_gemm_reference(const VQGemmDesc& w, const float* x, int64_t M, float* y);
+
+}  // namespace vq2trt

@@ -1,0 +1,131 @@
+// The int8 part kernel (accuracy_level 4): AVX-512 VBMI byte-table lookups + VNNI dot products.
+//
+// Per output row n = r*v + j and block of 64 columns, the 64 indices of vector row r select 64
+// weights of component j with one vpermb (k <= 64) or two vpermi2b + a blend on bit 7 (k <= 256),
+// already contiguous along the columns, and vpdpbusd multiplies them with the int8 activations.
+// One unpacked index row feeds all v output rows of the vector. Built with per-file flags (see
+// plugins/core/CMakeLists.txt) and only called after detect_isa() reported kAvx512.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "internal.h"
+
+namespace vq2trt {
+namespace avx512 {
+namespace {
+
+inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Packed row -> one index byte per column, zero padded to whole 64-column blocks.
+void unpack_bytes(const uint32_t* w, int64_t skip, int bits, int64_t count, int64_t nblk, uint8_t* out) {
+  w += skip >> 5;
+  const int sh = int(skip & 31);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(w) + sh / 8;  // byte-aligned cases only
+  if (bits == 8) {
+    std::memcpy(out, bytes, size_t(count));
+  } else if (bits == 4 && sh % 8 == 0) {
+    // 32 packed bytes -> 64 indices: widen to u16, low nibble to the low byte, high to the high.
+    const int64_t nbytes = (count + 1) / 2;
+    for (int64_t i = 0; i < nbytes; i += 32) {
+      const __mmask32 m = nbytes - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (nbytes - i)) - 1;
+      const __m512i x = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, bytes + i));
+      const __m512i v = _mm512_or_si512(_mm512_and_si512(x, _mm512_set1_epi16(15)),
+                                        _mm512_slli_epi16(_mm512_srli_epi16(x, 4), 8));
+      _mm512_storeu_si512(out + 2 * i, v);  // scratch has room for a whole block past count
+    }
+  } else {
+    const uint64_t mask = (uint64_t(1) << bits) - 1;
+    uint64_t buf = sh ? uint64_t(*w++ >> sh) : 0;
+    int have = sh ? 32 - sh : 0;
+    for (int64_t c = 0; c < count; ++c) {
+      if (have < bits) {
+        buf |= uint64_t(*w++) << have;
+        have += 32;
+      }
+      out[c] = uint8_t(buf & mask);
+      buf >>= bits;
+      have -= bits;
+    }
+  }
+  std::memset(out + count, 0, size_t(nblk * 64 - count));
+}
+
+// sums[m * JV + jj] = Σ_blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
+template <int JV, bool BIG>
+void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentries, const int8_t* xq,
+                int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+  constexpr int TR = BIG ? 4 : 1;
+  __m512i T[JV][TR];
+  for (int jj = 0; jj < JV; ++jj)
+    for (int t = 0; t < TR; ++t) T[jj][t] = _mm512_loadu_si512(qt + jj * qentries + 64 * t);
+  for (int64_t m = 0; m < M; ++m) {
+    __m512 acc[JV];
+    for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm512_setzero_ps();
+    const int8_t* xr = xq + m * xq_stride;
+    const float* sr = sx + m * sx_stride;
+    for (int64_t b = 0; b < nblk; ++b) {
+      const __m512i ix = _mm512_loadu_si512(idx + 64 * b);
+      const __m512i xv = _mm512_loadu_si512(xr + 64 * b);
+      const __m512 s = _mm512_set1_ps(sr[b]);
+      __mmask64 upper = 0;
+      if (BIG) upper = _mm512_movepi8_mask(ix);  // bit 7: entries 128..255
+      for (int jj = 0; jj < JV; ++jj) {
+        __m512i w;
+        if (BIG) {
+          const __m512i l = _mm512_permutex2var_epi8(T[jj][0], ix, T[jj][1]);
+          const __m512i h = _mm512_permutex2var_epi8(T[jj][2], ix, T[jj][3]);
+          w = _mm512_mask_blend_epi8(upper, l, h);
+        } else {
+          w = _mm512_permutexvar_epi8(ix, T[jj][0]);  // uses the low 6 bits only
+        }
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+        acc[jj] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[jj]);
+      }
+    }
+    for (int jj = 0; jj < JV; ++jj) sums[m * JV + jj] = _mm512_reduce_add_ps(acc[jj]);
+  }
+}
+
+template <bool BIG>
+void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentries, const int8_t* xq,
+              int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+  switch (jv) {
+    case 1: lookup_dot<1, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
+    case 2: lookup_dot<2, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
+    case 3: lookup_dot<3, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
+    default: lookup_dot<4, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
+  }
+}
+
+}  // namespace
+
+void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+               const float* corr, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t n0,
+               int64_t n1, float* scratch) {
+  const int64_t v = pt.v, nblk = (pt.count + 63) / 64;
+  uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
+  // Sums of up to 4 components for every activation row; M is small on this route (see vqgemm.cpp).
+  float* sums = scratch + (nblk * 64) / 4 + 16;
+  for (int64_t r = n0 / v; r * v < n1; ++r) {
+    unpack_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.skip_bits, pt.bits, pt.count,
+                 nblk, idx);
+    for (int64_t jc = 0; jc < v; jc += 4) {
+      const int64_t nb = r * v + jc, jv = lo(4, v - jc);
+      if (nb + jv <= n0 || nb >= n1) continue;
+      const uint8_t* qt = pt.qt + jc * pt.qentries;
+      if (pt.qentries == 256)
+        dispatch<true>(int(jv), idx, nblk, qt, 256, xq, xq_stride, sx, sx_stride, M, sums);
+      else
+        dispatch<false>(int(jv), idx, nblk, qt, 64, xq, xq_stride, sx, sx_stride, M, sums);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t jj = 0; jj < jv; ++jj) {
+          const int64_t n = nb + jj;
+          if (n >= n0 && n < n1) y[m * N + n] += pt.qs[jc + jj] * (sums[m * jv + jj] - corr[m * corr_stride]);
+        }
+    }
+  }
+}
+
+}  // namespace avx512
+}  // namespace vq2trt

@@ -1,0 +1,85 @@
+// Prepacked weight and the per-ISA part kernels (not installed; core-internal).
+//
+// A VQGemm decomposes into parts (outlier columns; each group's main codebook; each group's
+// residual) that all compute the same primitive on the permuted, scaled activations x':
+//   y[m, r*v + j] += Σ_{c in part} x'[m, col0 + c] · table[idx[r, c]][j]
+// The ISA-specific files take raw pointers and scratch only: a std template instantiated with
+// AVX-512 code generation could be picked by the linker for callers on older CPUs.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "vq2trt/cpu_kernels.h"
+
+namespace vq2trt {
+
+struct Part {
+  int64_t col0 = 0, count = 0;  // permuted positions col0 .. col0+count-1
+  int64_t v = 1, rows = 0;      // vector length, R = ceil(N / v)
+  int bits = 1;
+  int64_t words = 0;            // int32 words per packed index row (of the whole matrix)
+  int64_t skip_bits = 0;        // a group's first index sits this far into each row
+  const int32_t* indices = nullptr;
+  // float32 table [2^bits, v]; entries >= k are zero so that any masked index is a valid read.
+  std::vector<float> ftab;
+  // int8 route (accuracy_level 4, bits <= 8, AVX-512 VBMI + VNNI): per component j a byte table
+  // of `qentries` (64 for vpermb, 256 for two vpermi2b halves) holding round(q / qscale[j]) + 128,
+  // unsigned because vpdpbusd multiplies u8 by s8; the +128 is subtracted once per x block.
+  bool int8 = false;
+  int qentries = 0;
+  std::vector<uint8_t> qtab;    // [v, qentries]
+  std::vector<float> qscale;    // [v]
+  int segment = -1;             // quantized-x segment (shared by a group's main and residual)
+  // Raw views of the vectors above: the ISA files must not call std::vector members.
+  const float* ft = nullptr;
+  const uint8_t* qt = nullptr;
+  const float* qs = nullptr;
+};
+
+// A column range of x' quantized to int8 in blocks of 64 (zero padded to a block multiple).
+struct Segment {
+  int64_t col0 = 0, count = 0, blocks = 0;
+  int64_t byte_offset = 0, block_offset = 0;  // into a row's xq bytes / block scales
+};
+
+struct Prepacked {
+  VQGemmDims dims;
+  int accuracy_level = 0;
+  Isa isa = Isa::kScalar;
+  std::vector<int32_t> perm;
+  std::vector<float> pscale;     // col_scale[perm[p]] (1 when not normalised), permuted order
+  std::vector<float> col_bias;   // original order, empty when not normalised
+  std::vector<float> bias;       // empty without bias
+  std::vector<Part> parts;
+  std::vector<Segment> segments;
+  int64_t xq_bytes = 0, xq_blocks = 0;  // per activation row, over all segments
+  int64_t max_count = 0;                // longest part, for scratch sizing
+  int64_t row_unit = 1;                 // task boundaries are multiples of this (lcm of v's)
+};
+
+// Scratch a part kernel may use: an index row (ceil64(max_count) uint32) and a float tile.
+constexpr int64_t kTileCols = 128, kTileRows = 16;
+inline int64_t scratch_floats(const Prepacked& p) {
+  return (p.max_count + 64) + kTileCols * kTileRows + 16;
+}
+
+// y [M, N] += part's contribution for output rows [n0, n1). xp: x' [M, xs] (float32).
+#define VQ2TRT_DECLARE_FLOAT_KERNEL(ns)                                                       \
+  namespace ns {                                                                              \
+  void part_float(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, \
+                  int64_t n0, int64_t n1, float* scratch);                                    \
+  }
+VQ2TRT_DECLARE_FLOAT_KERNEL(scalar)
+VQ2TRT_DECLARE_FLOAT_KERNEL(avx2)
+VQ2TRT_DECLARE_FLOAT_KERNEL(avx512)
+
+namespace avx512 {
+// xq: int8 x' [M, xq_stride] for the part's segment; sx: block scales [M, sx_stride];
+// corr[m * corr_stride]: Σ_blocks sx · 128 · Σ xq (the unsigned-table offset to remove).
+void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
+               int64_t sx_stride, const float* corr, int64_t corr_stride, int64_t M, float* y,
+               int64_t N, int64_t n0, int64_t n1, float* scratch);
+}  // namespace avx512
+
+}  // namespace vq2trt

@@ -1,0 +1,142 @@
+// Prepacking one weight: split it into parts and build their lookup tables (once per weight).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "internal.h"
+
+namespace vq2trt {
+
+void PrepackedDeleter::operator()(Prepacked* p) const { delete p; }
+
+Isa detect_isa() {
+  static const Isa detected = [] {
+    __builtin_cpu_init();
+    Isa isa = Isa::kScalar;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = Isa::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni"))
+      isa = Isa::kAvx512;
+    // VQ2TRT_ISA=scalar|avx2 caps the choice, to compare paths on one machine.
+    if (const char* cap = std::getenv("VQ2TRT_ISA")) {
+      if (!std::strcmp(cap, "scalar")) isa = Isa::kScalar;
+      if (!std::strcmp(cap, "avx2") && isa == Isa::kAvx512) isa = Isa::kAvx2;
+    }
+    return isa;
+  }();
+  return detected;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return "scalar";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+namespace {
+
+// A part's tables from its fp16 codebook [k, v]; `int8` also builds the byte tables.
+Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, const int32_t* indices,
+               const uint16_t* cb, bool int8) {
+  Part p;
+  p.col0 = col0;
+  p.count = count;
+  p.v = v;
+  p.rows = ceil_div(N, v);
+  p.bits = index_bits(k);
+  p.words = packed_words(count, p.bits);
+  p.indices = indices;
+  p.ftab.assign(size_t(v) << p.bits, 0.f);  // zeros beyond k: any b-bit value is a safe read
+  for (int64_t i = 0; i < k * v; ++i) p.ftab[size_t(i)] = half_to_float(cb[i]);
+  p.ft = p.ftab.data();
+  if (int8 && p.bits <= 8) {
+    p.int8 = true;
+    p.qentries = p.bits <= 6 ? 64 : 256;
+    p.qtab.assign(size_t(v * p.qentries), 128);  // 128 = weight 0 for the unused entries
+    p.qscale.assign(size_t(v), 1.f);
+    // One scale per component j: components of a VQ codebook often differ in range.
+    for (int64_t j = 0; j < v; ++j) {
+      float amax = 0.f;
+      for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(p.ftab[size_t(i * v + j)]));
+      const float s = amax > 0.f ? amax / 127.f : 1.f;
+      p.qscale[size_t(j)] = s;
+      for (int64_t i = 0; i < k; ++i) {
+        const float q = std::nearbyint(p.ftab[size_t(i * v + j)] / s);
+        p.qtab[size_t(j * p.qentries + i)] = uint8_t(int(std::clamp(q, -127.f, 127.f)) + 128);
+      }
+    }
+    p.qt = p.qtab.data();
+    p.qs = p.qscale.data();
+  }
+  return p;
+}
+
+}  // namespace
+
+PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
+  const VQGemmDims& d = w.dims;
+  PrepackedPtr pp(new Prepacked);
+  Prepacked& p = *pp;
+  p.dims = d;
+  p.accuracy_level = accuracy_level;
+  p.isa = std::min(isa, detect_isa());
+  const bool int8 = accuracy_level >= 4 && p.isa == Isa::kAvx512;
+  p.perm.assign(w.perm, w.perm + d.K);
+  // Clamp so that even an unvalidated perm cannot index outside X.
+  for (auto& ch : p.perm) ch = std::clamp<int32_t>(ch, 0, int32_t(d.K - 1));
+  p.pscale.assign(size_t(d.K), 1.f);
+  if (d.normalized) {
+    p.col_bias.resize(size_t(d.K));
+    for (int64_t ch = 0; ch < d.K; ++ch) p.col_bias[size_t(ch)] = half_to_float(w.col_bias[ch]);
+    for (int64_t q = 0; q < d.K; ++q) p.pscale[size_t(q)] = half_to_float(w.col_scale[p.perm[size_t(q)]]);
+  }
+  if (d.has_bias) p.bias.assign(w.bias, w.bias + d.N);
+
+  auto add_segment = [&](int64_t col0, int64_t count) {
+    Segment s{col0, count, ceil_div(count, 64), p.xq_bytes, p.xq_blocks};
+    p.xq_bytes += s.blocks * 64;
+    p.xq_blocks += s.blocks;
+    p.segments.push_back(s);
+    return int(p.segments.size() - 1);
+  };
+  if (d.n_out > 0) {
+    p.parts.push_back(make_part(0, d.n_out, d.N, d.k_o, d.v_o, w.outlier_indices, w.outlier_codebook, int8));
+    if (p.parts.back().int8) p.parts.back().segment = add_segment(0, d.n_out);
+  }
+  const int64_t C = d.K - d.n_out, gs = group_size(d);
+  const int b = index_bits(d.k), br = d.k_r ? index_bits(d.k_r) : 0;
+  const int64_t words = packed_words(C, b), words_r = packed_words(C, br);
+  for (int64_t g = 0; g < d.G; ++g) {
+    const int64_t c0 = g * gs, cn = std::min(gs, C - c0);
+    if (cn <= 0) break;
+    // A group's columns start mid-row (all groups share one packed row): the part skips those bits.
+    const int64_t bit0 = c0 * b, bit0_r = c0 * br;
+    int segment = -1;
+    Part main = make_part(d.n_out + c0, cn, d.N, d.k, d.v, w.indices, w.codebook + g * d.k * d.v, int8);
+    main.words = words;
+    main.skip_bits = bit0;
+    if (main.int8) main.segment = segment = add_segment(d.n_out + c0, cn);
+    p.parts.push_back(std::move(main));
+    if (d.k_r) {
+      Part res = make_part(d.n_out + c0, cn, d.N, d.k_r, d.v, w.res_indices,
+                           w.res_codebook + g * d.k_r * d.v, int8);
+      res.words = words_r;
+      res.skip_bits = bit0_r;
+      if (res.int8) res.segment = segment >= 0 ? segment : add_segment(d.n_out + c0, cn);
+      p.parts.push_back(std::move(res));
+    }
+  }
+  p.max_count = 0;
+  for (const Part& q : p.parts) p.max_count = std::max(p.max_count, q.count);
+  const int64_t vo = d.n_out ? d.v_o : 1, l = std::lcm(d.v, vo);
+  p.row_unit = l <= 256 ? l : d.v;
+  return pp;
+}
+
+}  // namespace vq2trt

@@ -1,0 +1,143 @@
+// vq_gemm(): per-call activation preprocessing and the parallel loop over output rows.
+//
+// Permutation and normalisation fold into x: with W[n, ch] = q[n, p] · scale[ch] + cbias[ch]
+// (ch = perm[p]), Y[m, n] = Σ_p x'[m, p] · q[n, p] + Σ_ch x[m, ch] · cbias[ch] where
+// x'[m, p] = x[m, perm[p]] · scale[perm[p]]: a per-row constant plus one primitive per part.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "internal.h"
+
+namespace vq2trt {
+
+void ParallelFor::operator()(TaskFn fn, size_t n_tasks, void* arg) const {
+  if (run && n_tasks > 1) {
+    run(ctx, fn, n_tasks, arg);
+  } else {
+    for (size_t i = 0; i < n_tasks; ++i) fn(arg, i);
+  }
+}
+
+namespace {
+
+// The int8 route pays off for decoding (few activation rows); prefill is compute bound and
+// takes the dequantize-a-tile float path, which is also exact.
+constexpr int64_t kMaxInt8Rows = 8;
+
+struct Call {
+  const Prepacked* p;
+  int64_t M, row_block;
+  const float* xp;            // [M, K]
+  const int8_t* xq;           // [M, xq_bytes]
+  const float* sx;            // [M, xq_blocks]
+  const float* corr;          // [M, segments]
+  bool use_int8;
+  float* y;                   // [M, N]
+};
+
+void run_rows(void* arg, size_t task) {
+  const Call& c = *static_cast<const Call*>(arg);
+  const Prepacked& p = *c.p;
+  const int64_t N = p.dims.N, n0 = int64_t(task) * c.row_block, n1 = std::min(N, n0 + c.row_block);
+  std::vector<float> scratch(size_t(scratch_floats(p) + 4 * c.M));
+  const int64_t nseg = int64_t(p.segments.size());
+  for (const Part& pt : p.parts) {
+    if (c.use_int8 && pt.int8) {
+      const Segment& s = p.segments[size_t(pt.segment)];
+      avx512::part_int8(pt, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
+                        c.corr + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch.data());
+    } else if (p.isa == Isa::kAvx512) {
+      avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.data());
+    } else if (p.isa == Isa::kAvx2) {
+      avx2::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.data());
+    } else {
+      scalar::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.data());
+    }
+  }
+}
+
+float load(DType t, const void* x, int64_t i) {
+  switch (t) {
+    case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(x)[i]);
+    case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(x)[i]);
+    default: return static_cast<const float*>(x)[i];
+  }
+}
+
+// Symmetric int8 per 64-column block; returns sx · 128 · Σ xq, the offset the u8 tables add.
+float quantize_segment(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sx) {
+  float corr = 0.f;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t c0 = b * 64, cn = std::min<int64_t>(64, count - c0);
+    float amax = 0.f;
+    for (int64_t c = 0; c < cn; ++c) amax = std::max(amax, std::fabs(x[c0 + c]));
+    const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+    int32_t sum = 0;
+    for (int64_t c = 0; c < 64; ++c) {
+      const int v = c < cn ? int(std::nearbyint(x[c0 + c] * inv)) : 0;
+      q[c0 + c] = int8_t(std::clamp(v, -127, 127));
+      sum += q[c0 + c];
+    }
+    sx[b] = s;
+    corr += s * 128.f * float(sum);
+  }
+  return corr;
+}
+
+}  // namespace
+
+void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y, const ParallelFor& parallel) {
+  const VQGemmDims& d = p.dims;
+  const int64_t K = d.K, N = d.N;
+  if (M <= 0) return;
+  std::vector<float> xp(size_t(M * K)), rowconst(size_t(M), 0.f);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t q = 0; q < K; ++q) xp[size_t(m * K + q)] = load(x_type, x, m * K + p.perm[size_t(q)]) * p.pscale[size_t(q)];
+    if (!p.col_bias.empty()) {
+      double s = 0.0;
+      for (int64_t ch = 0; ch < K; ++ch) s += double(load(x_type, x, m * K + ch)) * p.col_bias[size_t(ch)];
+      rowconst[size_t(m)] = float(s);
+    }
+  }
+  Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, false, nullptr};
+  std::vector<int8_t> xq;
+  std::vector<float> sx, corr;
+  call.use_int8 = !p.segments.empty() && M <= kMaxInt8Rows;
+  if (call.use_int8) {
+    const int64_t nseg = int64_t(p.segments.size());
+    xq.assign(size_t(M * p.xq_bytes), 0);
+    sx.assign(size_t(M * p.xq_blocks), 0.f);
+    corr.assign(size_t(M * nseg), 0.f);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t s = 0; s < nseg; ++s) {
+        const Segment& g = p.segments[size_t(s)];
+        corr[size_t(m * nseg + s)] = quantize_segment(xp.data() + m * K + g.col0, g.count, g.blocks,
+                                                      xq.data() + m * p.xq_bytes + g.byte_offset,
+                                                      sx.data() + m * p.xq_blocks + g.block_offset);
+      }
+    call.xq = xq.data();
+    call.sx = sx.data();
+    call.corr = corr.data();
+  }
+  std::vector<float> ybuf;
+  float* y32 = static_cast<float*>(y);
+  if (x_type != DType::kFloat32) {
+    ybuf.resize(size_t(M * N));
+    y32 = ybuf.data();
+  }
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) y32[m * N + n] = rowconst[size_t(m)] + (p.bias.empty() ? 0.f : p.bias[size_t(n)]);
+  call.y = y32;
+  // Enough tasks for load balance on a few cores, each a multiple of every part's vector length.
+  const int64_t unit = p.row_unit, units = ceil_div(N, unit);
+  const int64_t per_task = std::max<int64_t>(1, ceil_div(units, 32));
+  call.row_block = per_task * unit;
+  parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
+  if (x_type == DType::kFloat16)
+    for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
+  else if (x_type == DType::kBFloat16)
+    for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_bf16(y32[i]);
+}
+
+}  // namespace vq2trt

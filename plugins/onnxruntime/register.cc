@@ -1,0 +1,31 @@
+// The library's only exported symbol (see exports.map): ONNX Runtime calls it from
+// SessionOptions.register_custom_ops_library / RegisterCustomOpsLibrary.
+#include <mutex>
+
+#include "vqgemm_op.h"
+#include "vqgemm_schema.h"
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  // Built against the 1.21 headers; newer runtimes still serve this API version.
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // cannot even report: an older runtime than the headers
+  Ort::InitApi(api);
+  try {
+    // Sessions keep pointers to the domain and op, so both live as long as the library: they
+    // are never freed (a static destructor could run after ONNX Runtime itself is gone).
+    static Ort::CustomOpDomain* domain = nullptr;
+    static std::once_flag once;
+    std::call_once(once, [] {
+      static vq2trt::ort::VQGemmOp op;
+      domain = new Ort::CustomOpDomain(vq2trt::ort::kDomain);
+      domain->Add(&op);
+    });
+    Ort::UnownedSessionOptions(options).Add(*domain);
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return api->CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+}

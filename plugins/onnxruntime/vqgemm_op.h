@@ -1,0 +1,48 @@
+// vq2trt.VQGemm for ONNX Runtime's CPU execution provider (ORT C++ API, status-returning kernel).
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include "vq2trt/cpu_kernels.h"
+#include "vq2trt/format.h"
+
+namespace vq2trt::ort {
+
+struct VQGemmKernel {
+  VQGemmKernel(const OrtApi& api, const OrtKernelInfo* info);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  void Compute(Ort::KernelContext& ctx);
+  std::shared_ptr<const Prepacked> weight(const VQGemmDesc& desc, const std::vector<const void*>& key);
+
+  VQGemmDims dims_;
+  int accuracy_level_ = 0;
+  bool constant_weights_ = false;  // initializers: their buffers live as long as the session
+  std::mutex mutex_;               // sessions may run concurrently
+  std::vector<const void*> key_;   // data pointers (and sizes) the cached weight was built from
+  std::shared_ptr<const Prepacked> cached_;
+};
+
+struct VQGemmOp : Ort::CustomOpBase<VQGemmOp, VQGemmKernel, /*WithStatus=*/true> {
+  VQGemmOp();
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  const char* GetName() const { return kOpName_; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const;
+  ONNXTensorElementDataType GetInputType(size_t index) const;
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
+
+ private:
+  static constexpr const char* kOpName_ = "VQGemm";
+};
+
+}  // namespace vq2trt::ort
