@@ -10,7 +10,7 @@ DEMO_WINDOWS ?= 16
 GGUF     := $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 QUANT    := $(OUT)/smollm2-$(DEMO_CONFIG)
 
-.PHONY: demo test install model lint clean
+.PHONY: demo test install model lint clean plugins
 
 # torch first and pinned: an unpinned torch would pull the multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -27,13 +27,19 @@ $(GGUF): | $(BIN)/.installed
 
 model: $(GGUF)
 
-demo: install model
+demo: install model plugins
 	$(BIN)/vq2trt quantize $(GGUF) --config $(DEMO_CONFIG) --calib $(WIKITEXT)/wiki.valid.tokens \
 	    --samples 64 --seqlen 512 --kmeans-iters 25 --out $(QUANT) --overwrite
 	$(BIN)/vq2trt eval $(QUANT) --baseline $(GGUF) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
 
-test: install
+test: install plugins
 	$(BIN)/python -m pytest -q tests
+
+# The C++ side: libvq2trt_ort.so (ORT headers fetched into build/ on first configure) + ctest.
+plugins:
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake --build build -j2
+	cd build && ctest --output-on-failure
 
 lint: install
 	$(BIN)/ruff check vq2trt tests benchmarks
