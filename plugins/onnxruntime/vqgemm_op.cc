@@ -104,7 +104,7 @@ OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept
     for (size_t i = 0; i < n; ++i) {
       OrtTensorTypeAndShapeInfo* raw = nullptr;
       Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, i, &raw));
-      Ort::TensorTypeAndShapeInfo info(raw);
+      Ort::ConstTensorTypeAndShapeInfo info(raw);  // owned by the context, not by us
       in.push_back({info.GetElementType(), info.GetShape()});
       if (i == 0 && info.GetDimensionsCount() > 0) {
         std::vector<const char*> sym(info.GetDimensionsCount(), nullptr);

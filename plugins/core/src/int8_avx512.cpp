@@ -51,7 +51,7 @@ void unpack_bytes(const uint32_t* w, int64_t skip, int bits, int64_t count, int6
   std::memset(out + count, 0, size_t(nblk * 64 - count));
 }
 
-// sums[m * JV + jj] = Σ_blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
+// sums[m * JV + jj] = Σ_scale blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
 template <int JV, bool BIG>
 void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentries, const int8_t* xq,
                 int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
@@ -64,24 +64,31 @@ void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentrie
     for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm512_setzero_ps();
     const int8_t* xr = xq + m * xq_stride;
     const float* sr = sx + m * sx_stride;
-    for (int64_t b = 0; b < nblk; ++b) {
-      const __m512i ix = _mm512_loadu_si512(idx + 64 * b);
-      const __m512i xv = _mm512_loadu_si512(xr + 64 * b);
-      const __m512 s = _mm512_set1_ps(sr[b]);
-      __mmask64 upper = 0;
-      if (BIG) upper = _mm512_movepi8_mask(ix);  // bit 7: entries 128..255
-      for (int jj = 0; jj < JV; ++jj) {
-        __m512i w;
-        if (BIG) {
-          const __m512i l = _mm512_permutex2var_epi8(T[jj][0], ix, T[jj][1]);
-          const __m512i h = _mm512_permutex2var_epi8(T[jj][2], ix, T[jj][3]);
-          w = _mm512_mask_blend_epi8(upper, l, h);
-        } else {
-          w = _mm512_permutexvar_epi8(ix, T[jj][0]);  // uses the low 6 bits only
+    // One activation scale per 4 chunks of 64 columns: the int32 sums of a scale block are
+    // converted and scaled once (256 · 255 · 127 stays far below 2^31).
+    for (int64_t sb = 0; sb * 4 < nblk; ++sb) {
+      __m512i isum[JV];
+      for (int jj = 0; jj < JV; ++jj) isum[jj] = _mm512_setzero_si512();
+      const int64_t b_end = nblk < sb * 4 + 4 ? nblk : sb * 4 + 4;
+      for (int64_t b = sb * 4; b < b_end; ++b) {
+        const __m512i ix = _mm512_loadu_si512(idx + 64 * b);
+        const __m512i xv = _mm512_loadu_si512(xr + 64 * b);
+        __mmask64 upper = 0;
+        if (BIG) upper = _mm512_movepi8_mask(ix);  // bit 7: entries 128..255
+        for (int jj = 0; jj < JV; ++jj) {
+          __m512i w;
+          if (BIG) {
+            const __m512i l = _mm512_permutex2var_epi8(T[jj][0], ix, T[jj][1]);
+            const __m512i h = _mm512_permutex2var_epi8(T[jj][2], ix, T[jj][3]);
+            w = _mm512_mask_blend_epi8(upper, l, h);
+          } else {
+            w = _mm512_permutexvar_epi8(ix, T[jj][0]);  // uses the low 6 bits only
+          }
+          isum[jj] = _mm512_dpbusd_epi32(isum[jj], w, xv);
         }
-        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-        acc[jj] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[jj]);
       }
+      const __m512 s = _mm512_set1_ps(sr[sb]);
+      for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[jj]), s, acc[jj]);
     }
     for (int jj = 0; jj < JV; ++jj) sums[m * JV + jj] = _mm512_reduce_add_ps(acc[jj]);
   }

@@ -37,7 +37,7 @@ struct Part {
   const float* qs = nullptr;
 };
 
-// A column range of x' quantized to int8 in blocks of 64 (zero padded to a block multiple).
+// A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64).
 struct Segment {
   int64_t col0 = 0, count = 0, blocks = 0;
   int64_t byte_offset = 0, block_offset = 0;  // into a row's xq bytes / block scales

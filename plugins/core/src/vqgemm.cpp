@@ -65,16 +65,20 @@ float load(DType t, const void* x, int64_t i) {
   }
 }
 
-// Symmetric int8 per 64-column block; returns sx · 128 · Σ xq, the offset the u8 tables add.
-float quantize_segment(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sx) {
+// Symmetric int8 per kXBlock columns (the kernel's scale block; storage is padded to 64);
+// returns sx · 128 · Σ xq, the offset the u8 tables add.
+constexpr int64_t kXBlock = 256;
+
+float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
   float corr = 0.f;
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t c0 = b * 64, cn = std::min<int64_t>(64, count - c0);
+  const int64_t padded = ceil_div(count, 64) * 64;
+  for (int64_t b = 0; b * kXBlock < count; ++b) {
+    const int64_t c0 = b * kXBlock, cn = std::min(kXBlock, count - c0), cp = std::min(kXBlock, padded - c0);
     float amax = 0.f;
     for (int64_t c = 0; c < cn; ++c) amax = std::max(amax, std::fabs(x[c0 + c]));
     const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
     int32_t sum = 0;
-    for (int64_t c = 0; c < 64; ++c) {
+    for (int64_t c = 0; c < cp; ++c) {
       const int v = c < cn ? int(std::nearbyint(x[c0 + c] * inv)) : 0;
       q[c0 + c] = int8_t(std::clamp(v, -127, 127));
       sum += q[c0 + c];
@@ -112,7 +116,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     for (int64_t m = 0; m < M; ++m)
       for (int64_t s = 0; s < nseg; ++s) {
         const Segment& g = p.segments[size_t(s)];
-        corr[size_t(m * nseg + s)] = quantize_segment(xp.data() + m * K + g.col0, g.count, g.blocks,
+        corr[size_t(m * nseg + s)] = quantize_segment(xp.data() + m * K + g.col0, g.count,
                                                       xq.data() + m * p.xq_bytes + g.byte_offset,
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }
