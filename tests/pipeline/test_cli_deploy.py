@@ -1,0 +1,53 @@
+"""quantize -> export -> run / eval --onnx / compare through the CLI on a tiny model, and the
+deployment commands' answers to bad input."""
+
+import pytest
+
+from vq2trt.cli import main
+
+from .tiny import TEXT, save_tiny
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    model = save_tiny(root / "model")
+    (root / "calib.txt").write_text(TEXT)
+    q = root / "q"
+    assert main(["quantize", str(model), "--calib", str(root / "calib.txt"), "--out", str(q), "--samples", "4",
+                 "--seqlen", "32", "--kmeans-iters", "4", "--quiet", "--device", "cpu", "--config", "v4-k256"]) == 0
+    assert main(["export", str(q), "--out", str(root / "onnx")]) == 0
+    assert main(["export", str(model), "--out", str(root / "onnx-float")]) == 0
+    return root
+
+
+def test_export_run_eval_compare(pipeline, capsys):
+    root = pipeline
+    assert (root / "onnx" / "tokenizer.json").exists()
+    assert main(["run", str(root / "onnx"), "--prompt", "the quick", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("the quick") and "tokens/s" in out and "greedy" in out
+    assert main(["run", str(root / "onnx"), "--prompt", "the quick", "--max-new-tokens", "4", "--temperature",
+                 "0.8", "--top-k", "5"]) == 0
+    assert "sampled" in capsys.readouterr().out
+    assert main(["eval", str(root / "q"), "--onnx", str(root / "onnx"), "--text", str(root / "calib.txt"), "--ctx",
+                 "64", "--windows", "2", "--quiet", "--max-new-tokens", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ORT VQGemm" in out and "ONNX Runtime perplexity" in out
+    assert main(["compare", str(root / "onnx"), "--float-onnx", str(root / "onnx-float")]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "pytorch-reference" in out and "onnxruntime-float" in out
+
+
+def test_run_on_a_folder_without_a_model(tmp_path, capsys):
+    assert main(["run", str(tmp_path)]) == 2
+    assert "model.onnx" in capsys.readouterr().err
+
+
+def test_export_of_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
