@@ -78,8 +78,9 @@ void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in) {
 
 OrtStatusPtr to_status(OrtErrorCode code, const char* msg) { return Ort::GetApi().CreateStatus(code, msg); }
 
-// Shape (and dtype) inference at session creation: a node whose attributes disagree with its
-// initializers' shapes is rejected before anything runs; Y takes X's dtype.
+// Shape and dtype inference: Y takes X's dtype and shape [..., N]. ONNX Runtime treats a failure
+// here as a warning at most, so the kernel's constructor repeats the checks that must stop a
+// session (and Compute checks again, for inputs whose shapes were unknown until then).
 OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
   try {
     const OrtApi& api = Ort::GetApi();
@@ -112,7 +113,9 @@ OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept
         for (const char* s : sym) x_symbols.emplace_back(s ? s : "");
       }
     }
-    check_inputs(d, in);
+    if (in.empty() || in[0].shape.empty()) fail("X must have at least one dimension");
+    // Y's type first: ORT guessed it from the last multi-typed input, and a wrong guess would
+    // hide the message below behind a type mismatch on Y.
     std::vector<int64_t> y_shape = in[0].shape;
     y_shape.back() = d.N;
     x_symbols.back() = "";
@@ -125,6 +128,7 @@ OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept
     Ort::ThrowOnError(api.SetDimensions(out, y_shape.data(), y_shape.size()));
     Ort::ThrowOnError(api.SetSymbolicDimensions(out, y_symbols.data(), y_symbols.size()));
     Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
+    check_inputs(d, in);
     return nullptr;
   } catch (const Ort::Exception& e) {
     return to_status(e.GetOrtErrorCode(), e.what());
@@ -153,12 +157,53 @@ VQGemmKernel::VQGemmKernel(const OrtApi& api, const OrtKernelInfo* info) {
   } catch (const Ort::Exception&) {
   }
   if (version != kPluginVersion) fail("plugin_version must be \"1\", got \"" + version + "\"");
-  constant_weights_ = ki.GetInputCount() > 1;
-  for (size_t i = 1; i < ki.GetInputCount(); ++i) {
-    int is_constant = 0;
-    ki.GetTensorConstantInput(i, &is_constant);
-    constant_weights_ = constant_weights_ && is_constant;
+  // Node inputs against the attributes now, so that a bad node fails session creation.
+  std::vector<InputInfo> in;
+  for (size_t i = 0; i < ki.GetInputCount(); ++i) {
+    Ort::TypeInfo type = ki.GetInputTypeInfo(i);
+    if (type.GetONNXType() != ONNX_TYPE_TENSOR) fail("input " + std::to_string(i) + " must be a tensor");
+    auto t = type.GetTensorTypeAndShapeInfo();
+    in.push_back({t.GetElementType(), t.GetShape()});
   }
+  check_inputs(dims_, in);
+  // Weights that are initializers: validate and prepack once, here (errors fail the session).
+  std::vector<Ort::ConstValue> weights;
+  constant_weights_ = true;
+  for (size_t i = 1; i < ki.GetInputCount() && constant_weights_; ++i) {
+    int is_constant = 0;
+    weights.push_back(ki.GetTensorConstantInput(i, &is_constant));
+    constant_weights_ = is_constant != 0;
+  }
+  if (constant_weights_) {
+    std::vector<const void*> key;
+    const VQGemmDesc desc = describe(weights, 0, &key);
+    weight(desc, key);
+  }
+}
+
+VQGemmDesc VQGemmKernel::describe(const std::vector<Ort::ConstValue>& values, size_t first,
+                                  std::vector<const void*>* key) const {
+  VQGemmDesc w;
+  w.dims = dims_;
+  const std::vector<TensorSpec> specs = weight_input_specs(dims_);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const void* p = values[first + i].GetTensorRawData();
+    key->push_back(p);
+    const std::string name = specs[i].name;
+    auto i32 = static_cast<const int32_t*>(p);
+    auto f16 = static_cast<const uint16_t*>(p);
+    if (name == "indices") w.indices = i32;
+    else if (name == "codebook") w.codebook = f16;
+    else if (name == "perm") w.perm = i32;
+    else if (name == "res_indices") w.res_indices = i32;
+    else if (name == "res_codebook") w.res_codebook = f16;
+    else if (name == "outlier_indices") w.outlier_indices = i32;
+    else if (name == "outlier_codebook") w.outlier_codebook = f16;
+    else if (name == "col_scale") w.col_scale = f16;
+    else if (name == "col_bias") w.col_bias = f16;
+    else if (name == "bias") w.bias = static_cast<const float*>(p);
+  }
+  return w;
 }
 
 std::shared_ptr<const Prepacked> VQGemmKernel::weight(const VQGemmDesc& desc, const std::vector<const void*>& key) {
@@ -190,27 +235,8 @@ void VQGemmKernel::Compute(Ort::KernelContext& ctx) {
     values.push_back(v);
   }
   check_inputs(dims_, in);
-  VQGemmDesc w;
-  w.dims = dims_;
   std::vector<const void*> key;
-  const std::vector<TensorSpec> specs = weight_input_specs(dims_);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const void* p = values[i + 1].GetTensorRawData();
-    key.push_back(p);
-    const std::string name = specs[i].name;
-    auto i32 = static_cast<const int32_t*>(p);
-    auto f16 = static_cast<const uint16_t*>(p);
-    if (name == "indices") w.indices = i32;
-    else if (name == "codebook") w.codebook = f16;
-    else if (name == "perm") w.perm = i32;
-    else if (name == "res_indices") w.res_indices = i32;
-    else if (name == "res_codebook") w.res_codebook = f16;
-    else if (name == "outlier_indices") w.outlier_indices = i32;
-    else if (name == "outlier_codebook") w.outlier_codebook = f16;
-    else if (name == "col_scale") w.col_scale = f16;
-    else if (name == "col_bias") w.col_bias = f16;
-    else if (name == "bias") w.bias = static_cast<const float*>(p);
-  }
+  const VQGemmDesc w = describe(values, 1, &key);
   std::shared_ptr<const Prepacked> packed = weight(w, key);
   std::vector<int64_t> y_shape = in[0].shape;
   int64_t M = 1;
