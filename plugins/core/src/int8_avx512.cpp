@@ -64,8 +64,7 @@ void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentrie
     for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm512_setzero_ps();
     const int8_t* xr = xq + m * xq_stride;
     const float* sr = sx + m * sx_stride;
-    // One activation scale per 4 chunks of 64 columns: the int32 sums of a scale block are
-    // converted and scaled once (256 · 255 · 127 stays far below 2^31).
+    // One activation scale per kXBlock = 4 chunks of 64 columns.
     for (int64_t sb = 0; sb * 4 < nblk; ++sb) {
       __m512i isum[JV];
       for (int jj = 0; jj < JV; ++jj) isum[jj] = _mm512_setzero_si512();
@@ -132,6 +131,31 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
         }
     }
   }
+}
+
+float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
+  const int64_t padded = (count + 63) / 64 * 64;
+  auto lanes = [](int64_t n) -> __mmask16 { return n >= 16 ? 0xffff : n <= 0 ? 0 : __mmask16((1u << n) - 1); };
+  float corr = 0.f;
+  for (int64_t b = 0; b * kXBlock < count; ++b) {
+    const int64_t c0 = b * kXBlock, cn = lo(kXBlock, count - c0), cp = lo(kXBlock, padded - c0);
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t c = 0; c < cn; c += 16)
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(cn - c), x + c0 + c)));
+    const float a = _mm512_reduce_max_ps(amax);
+    const __m512 inv = _mm512_set1_ps(a > 0.f ? 127.f / a : 0.f);
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t c = 0; c < cp; c += 16) {  // padding columns quantize to 0
+      const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(cn - c), x + c0 + c), inv);
+      __m512i i = _mm512_cvtps_epi32(v);  // round to nearest even, like nearbyint
+      i = _mm512_min_epi32(_mm512_max_epi32(i, _mm512_set1_epi32(-127)), _mm512_set1_epi32(127));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c0 + c), _mm512_cvtepi32_epi8(i));
+      sum = _mm512_add_epi32(sum, i);
+    }
+    sx[b] = a / 127.f;
+    corr += sx[b] * 128.f * float(_mm512_reduce_add_epi32(sum));
+  }
+  return corr;
 }
 
 }  // namespace avx512

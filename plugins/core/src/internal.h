@@ -58,6 +58,10 @@ struct Prepacked {
   int64_t row_unit = 1;                 // task boundaries are multiples of this (lcm of v's)
 };
 
+// Columns sharing one int8 activation scale: the int32 sums of a block are converted and scaled
+// once (256 · 255 · 127 stays far below 2^31).
+constexpr int64_t kXBlock = 256;
+
 // Scratch a part kernel may use: an index row (ceil64(max_count) uint32) and a float tile.
 constexpr int64_t kTileCols = 128, kTileRows = 16;
 inline int64_t scratch_floats(const Prepacked& p) {
@@ -80,6 +84,9 @@ namespace avx512 {
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                int64_t sx_stride, const float* corr, int64_t corr_stride, int64_t M, float* y,
                int64_t N, int64_t n0, int64_t n1, float* scratch);
+// x'[0, count) -> int8 q (zero padded to a multiple of 64) with one scale per kXBlock columns in
+// sx; returns Σ_blocks sx · 128 · Σ q, the offset the unsigned tables add.
+float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
 }  // namespace avx512
 
 }  // namespace vq2trt

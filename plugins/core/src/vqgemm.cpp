@@ -65,42 +65,25 @@ float load(DType t, const void* x, int64_t i) {
   }
 }
 
-// Symmetric int8 per kXBlock columns (the kernel's scale block; storage is padded to 64);
-// returns sx · 128 · Σ xq, the offset the u8 tables add.
-constexpr int64_t kXBlock = 256;
-
-float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
-  float corr = 0.f;
-  const int64_t padded = ceil_div(count, 64) * 64;
-  for (int64_t b = 0; b * kXBlock < count; ++b) {
-    const int64_t c0 = b * kXBlock, cn = std::min(kXBlock, count - c0), cp = std::min(kXBlock, padded - c0);
-    float amax = 0.f;
-    for (int64_t c = 0; c < cn; ++c) amax = std::max(amax, std::fabs(x[c0 + c]));
-    const float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-    int32_t sum = 0;
-    for (int64_t c = 0; c < cp; ++c) {
-      const int v = c < cn ? int(std::nearbyint(x[c0 + c] * inv)) : 0;
-      q[c0 + c] = int8_t(std::clamp(v, -127, 127));
-      sum += q[c0 + c];
-    }
-    sx[b] = s;
-    corr += s * 128.f * float(sum);
-  }
-  return corr;
-}
-
 }  // namespace
 
 void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y, const ParallelFor& parallel) {
   const VQGemmDims& d = p.dims;
   const int64_t K = d.K, N = d.N;
   if (M <= 0) return;
-  std::vector<float> xp(size_t(M * K)), rowconst(size_t(M), 0.f);
+  std::vector<float> xp(size_t(M * K)), rowconst(size_t(M), 0.f), xrow;
   for (int64_t m = 0; m < M; ++m) {
-    for (int64_t q = 0; q < K; ++q) xp[size_t(m * K + q)] = load(x_type, x, m * K + p.perm[size_t(q)]) * p.pscale[size_t(q)];
+    const float* xf = static_cast<const float*>(x) + m * K;
+    if (x_type != DType::kFloat32) {
+      xrow.resize(size_t(K));
+      for (int64_t ch = 0; ch < K; ++ch) xrow[size_t(ch)] = load(x_type, x, m * K + ch);
+      xf = xrow.data();
+    }
+    float* xo = xp.data() + m * K;
+    for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
     if (!p.col_bias.empty()) {
       double s = 0.0;
-      for (int64_t ch = 0; ch < K; ++ch) s += double(load(x_type, x, m * K + ch)) * p.col_bias[size_t(ch)];
+      for (int64_t ch = 0; ch < K; ++ch) s += double(xf[ch]) * p.col_bias[size_t(ch)];
       rowconst[size_t(m)] = float(s);
     }
   }
@@ -116,7 +99,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     for (int64_t m = 0; m < M; ++m)
       for (int64_t s = 0; s < nseg; ++s) {
         const Segment& g = p.segments[size_t(s)];
-        corr[size_t(m * nseg + s)] = quantize_segment(xp.data() + m * K + g.col0, g.count,
+        corr[size_t(m * nseg + s)] = avx512::quantize_segment(xp.data() + m * K + g.col0, g.count,
                                                       xq.data() + m * p.xq_bytes + g.byte_offset,
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }
