@@ -18,10 +18,21 @@ namespace {
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Packed row -> one index byte per column, zero padded to whole 64-column blocks.
-void unpack_bytes(const uint32_t* w, int64_t skip, int bits, int64_t count, int64_t nblk, uint8_t* out) {
+void unpack_bytes(const uint32_t* w, int64_t skip, int bits, int64_t count, int64_t nblk, bool split, uint8_t* out) {
   w += skip >> 5;
   const int sh = int(skip & 31);
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(w) + sh / 8;  // byte-aligned cases only
+  if (split) {  // 4-bit, byte aligned: low nibbles then high nibbles of each 64 bytes
+    const int64_t nbytes = (count + 1) / 2;
+    for (int64_t i = 0; i < nbytes; i += 64) {
+      const __mmask64 m = nbytes - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (nbytes - i)) - 1;
+      const __m512i x = _mm512_maskz_loadu_epi8(m, bytes + i);
+      const __m512i low = _mm512_set1_epi8(15);
+      _mm512_storeu_si512(out + 2 * i, _mm512_and_si512(x, low));
+      _mm512_storeu_si512(out + 2 * i + 64, _mm512_and_si512(_mm512_srli_epi16(x, 4), low));
+    }
+    return;  // every byte of the nblk blocks written; columns past count meet zero activations
+  }
   if (bits == 8) {
     std::memcpy(out, bytes, size_t(count));
   } else if (bits == 4 && sh % 8 == 0) {
@@ -109,13 +120,13 @@ void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int q
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                const float* corr, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t n0,
                int64_t n1, float* scratch) {
-  const int64_t v = pt.v, nblk = (pt.count + 63) / 64;
+  const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
   uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
   // Sums of up to 4 components for every activation row; M is small on this route (see vqgemm.cpp).
   float* sums = scratch + (nblk * 64) / 4 + 16;
   for (int64_t r = n0 / v; r * v < n1; ++r) {
     unpack_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.skip_bits, pt.bits, pt.count,
-                 nblk, idx);
+                 nblk, pt.split4, idx);
     for (int64_t jc = 0; jc < v; jc += 4) {
       const int64_t nb = r * v + jc, jv = lo(4, v - jc);
       if (nb + jv <= n0 || nb >= n1) continue;

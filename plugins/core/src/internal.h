@@ -31,6 +31,10 @@ struct Part {
   std::vector<uint8_t> qtab;    // [v, qentries]
   std::vector<float> qscale;    // [v]
   int segment = -1;             // quantized-x segment (shared by a group's main and residual)
+  // 4-bit indices on the int8 route come unpacked in "split" order: per 128 columns the 64 low
+  // nibbles (even columns), then the 64 high nibbles (odd columns); the segment's activations
+  // are stored in the same order, so the kernel needs no interleaving shuffle.
+  bool split4 = false;
   // Raw views of the vectors above: the ISA files must not call std::vector members.
   const float* ft = nullptr;
   const uint8_t* qt = nullptr;
@@ -39,7 +43,8 @@ struct Part {
 
 // A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64).
 struct Segment {
-  int64_t col0 = 0, count = 0, blocks = 0;
+  int64_t col0 = 0, count = 0, blocks = 0;  // blocks of 64 bytes, padded to 128 columns if split
+  bool split = false;
   int64_t byte_offset = 0, block_offset = 0;  // into a row's xq bytes / block scales
 };
 

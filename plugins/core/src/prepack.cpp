@@ -98,8 +98,18 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   }
   if (d.has_bias) p.bias.assign(w.bias, w.bias + d.N);
 
-  auto add_segment = [&](int64_t col0, int64_t count) {
-    Segment s{col0, count, ceil_div(count, 64), p.xq_bytes, p.xq_blocks};
+  auto add_segment = [&](int64_t col0, int64_t count, bool split) {
+    for (size_t i = 0; i < p.segments.size(); ++i) {
+      const Segment& s = p.segments[i];
+      if (s.col0 == col0 && s.count == count && s.split == split) return int(i);
+    }
+    Segment s;
+    s.col0 = col0;
+    s.count = count;
+    s.blocks = split ? 2 * ceil_div(count, 128) : ceil_div(count, 64);
+    s.split = split;
+    s.byte_offset = p.xq_bytes;
+    s.block_offset = p.xq_blocks;
     p.xq_bytes += s.blocks * 64;
     p.xq_blocks += s.blocks;
     p.segments.push_back(s);
@@ -107,7 +117,9 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   };
   if (d.n_out > 0) {
     p.parts.push_back(make_part(0, d.n_out, d.N, d.k_o, d.v_o, w.outlier_indices, w.outlier_codebook, int8));
-    if (p.parts.back().int8) p.parts.back().segment = add_segment(0, d.n_out);
+    Part& o = p.parts.back();
+    o.split4 = o.int8 && o.bits == 4;
+    if (o.int8) o.segment = add_segment(0, d.n_out, o.split4);
   }
   const int64_t C = d.K - d.n_out, gs = group_size(d);
   const int b = index_bits(d.k), br = d.k_r ? index_bits(d.k_r) : 0;
@@ -117,18 +129,19 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     if (cn <= 0) break;
     // A group's columns start mid-row (all groups share one packed row): the part skips those bits.
     const int64_t bit0 = c0 * b, bit0_r = c0 * br;
-    int segment = -1;
     Part main = make_part(d.n_out + c0, cn, d.N, d.k, d.v, w.indices, w.codebook + g * d.k * d.v, int8);
     main.words = words;
     main.skip_bits = bit0;
-    if (main.int8) main.segment = segment = add_segment(d.n_out + c0, cn);
+    main.split4 = main.int8 && main.bits == 4 && bit0 % 8 == 0;
+    if (main.int8) main.segment = add_segment(d.n_out + c0, cn, main.split4);
     p.parts.push_back(std::move(main));
     if (d.k_r) {
       Part res = make_part(d.n_out + c0, cn, d.N, d.k_r, d.v, w.res_indices,
                            w.res_codebook + g * d.k_r * d.v, int8);
       res.words = words_r;
       res.skip_bits = bit0_r;
-      if (res.int8) res.segment = segment >= 0 ? segment : add_segment(d.n_out + c0, cn);
+      res.split4 = res.int8 && res.bits == 4 && bit0_r % 8 == 0;
+      if (res.int8) res.segment = add_segment(d.n_out + c0, cn, res.split4);
       p.parts.push_back(std::move(res));
     }
   }

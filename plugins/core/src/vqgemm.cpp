@@ -96,10 +96,19 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     xq.assign(size_t(M * p.xq_bytes), 0);
     sx.assign(size_t(M * p.xq_blocks), 0.f);
     corr.assign(size_t(M * nseg), 0.f);
+    std::vector<float> xs;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t s = 0; s < nseg; ++s) {
         const Segment& g = p.segments[size_t(s)];
-        corr[size_t(m * nseg + s)] = avx512::quantize_segment(xp.data() + m * K + g.col0, g.count,
+        const float* xg = xp.data() + m * K + g.col0;
+        int64_t count = g.count;
+        if (g.split) {  // even columns of each 128 first, then the odd ones (see Part::split4)
+          count = g.blocks * 64;
+          xs.assign(size_t(count), 0.f);
+          for (int64_t c = 0; c < g.count; ++c) xs[size_t((c & ~int64_t(127)) + (c & 1) * 64 + ((c & 127) >> 1))] = xg[c];
+          xg = xs.data();
+        }
+        corr[size_t(m * nseg + s)] = avx512::quantize_segment(xg, count,
                                                       xq.data() + m * p.xq_bytes + g.byte_offset,
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }
