@@ -9,6 +9,9 @@ DEMO_CONFIG ?= v4-k256
 DEMO_WINDOWS ?= 16
 GGUF     := $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
 QUANT    := $(OUT)/smollm2-$(DEMO_CONFIG)
+ONNX     := $(QUANT)-onnx
+FLOAT_ONNX := $(OUT)/smollm2-float-onnx
+THREADS  ?= 2
 
 .PHONY: demo test install model lint clean plugins
 
@@ -30,7 +33,12 @@ model: $(GGUF)
 demo: install model plugins
 	$(BIN)/vq2trt quantize $(GGUF) --config $(DEMO_CONFIG) --calib $(WIKITEXT)/wiki.valid.tokens \
 	    --samples 64 --seqlen 512 --kmeans-iters 25 --out $(QUANT) --overwrite
-	$(BIN)/vq2trt eval $(QUANT) --baseline $(GGUF) --text $(WIKITEXT)/wiki.test.raw --windows $(DEMO_WINDOWS)
+	$(BIN)/vq2trt export $(QUANT) --out $(ONNX) --overwrite
+	$(BIN)/vq2trt export $(GGUF) --out $(FLOAT_ONNX) --overwrite
+	$(BIN)/vq2trt eval $(QUANT) --baseline $(GGUF) --onnx $(ONNX) --text $(WIKITEXT)/wiki.test.raw \
+	    --windows $(DEMO_WINDOWS) --threads $(THREADS)
+	$(BIN)/vq2trt run $(ONNX) --prompt "The capital of France is" --max-new-tokens 32 --threads $(THREADS)
+	$(BIN)/vq2trt compare $(ONNX) --float-onnx $(FLOAT_ONNX) --threads $(THREADS)
 
 test: install plugins
 	$(BIN)/python -m pytest -q tests
