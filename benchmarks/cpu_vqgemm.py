@@ -1,0 +1,136 @@
+"""CPU speed of VQGemm (libvq2trt_ort.so) against ONNX Runtime's MatMulNBits and float MatMul.
+
+One run prints one table: a chain of LAYERS Linear layers DIM x DIM (bigger than the last-level
+cache, so every layer streams its weights from memory), batch 1, in ONNX Runtime on the CPU EP
+with 2 intra-op threads, sequential execution, graph optimisation on. Per row: median ms per
+chain over RUNS runs after warm-up, and the weight bytes it streams (all-in: indices, codebooks,
+perm, scales) divided by that time.
+
+    .venv/bin/python benchmarks/cpu_vqgemm.py [--layers 16] [--dim 4096] [--runs 30] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from vq2trt.config import index_bits
+from vq2trt.export.op import DOMAIN, OP_TYPE, OP_VERSION, attributes, weight_inputs
+from vq2trt.format import VQWeight, packed_words
+
+
+def random_vq(rng, n: int, k_in: int, v: int, k: int) -> VQWeight:
+    """A VQ weight with random indices, packed directly: with k = 2^b every bit pattern is a
+    valid index and C·b is a multiple of 32 here, so random words are a valid packing."""
+    b = index_bits(k)
+    assert (1 << b) == k and k_in * b % 32 == 0
+    rows = -(-n // v)
+    words = rng.integers(0, 2**32, (rows, packed_words(k_in, b)), dtype=np.uint64).astype(np.uint32)
+    return VQWeight(out_features=n, in_features=k_in, num_outlier_cols=0,
+                    perm=rng.permutation(k_in).astype(np.int32), indices=words.view(np.int32),
+                    codebook=(rng.standard_normal((1, k, v)) * 0.02).astype(np.float16))
+
+
+def chain_model(nodes, inits, dim: int, extra_opsets=()):
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, dim])],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [1, dim])],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *extra_opsets])
+
+
+def vq_chain(rng, layers, dim, v, k, level):
+    from onnx import helper, numpy_helper
+    nodes, inits, nbytes = [], [], 0
+    for i in range(layers):
+        w = random_vq(rng, dim, dim, v, k)
+        names = []
+        for name, a in weight_inputs(w).items():
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(a), f"l{i}.{name}"))
+            names.append(f"l{i}.{name}")
+        nbytes += w.stored_bits() // 8
+        nodes.append(helper.make_node(OP_TYPE, [f"h{i}", *names], [f"h{i + 1}"], domain=DOMAIN,
+                                      **attributes(w, level)))
+    return chain_model(nodes, inits, dim, [helper.make_opsetid(DOMAIN, OP_VERSION)]), nbytes
+
+
+def nbits_chain(rng, layers, dim, bits, block=128, level=4):
+    """com.microsoft.MatMulNBits: B uint8 [N, K/block, block·bits/8], scales float [N·K/block],
+    zero points packed like B ([N, ceil(n_blocks·bits/8)])."""
+    from onnx import helper, numpy_helper
+    nodes, inits, nbytes = [], [], 0
+    nb = dim // block
+    for i in range(layers):
+        B = rng.integers(0, 256, (dim, nb, block * bits // 8), dtype=np.uint8)
+        scales = (rng.random(dim * nb, dtype=np.float32) * 0.01).astype(np.float32)
+        zp = rng.integers(0, 256, (dim, -(-nb * bits // 8)), dtype=np.uint8)
+        for name, a in (("B", B), ("scales", scales), ("zp", zp)):
+            inits.append(numpy_helper.from_array(a, f"l{i}.{name}"))
+        nbytes += B.nbytes + scales.nbytes + zp.nbytes
+        nodes.append(helper.make_node("MatMulNBits", [f"h{i}", f"l{i}.B", f"l{i}.scales", f"l{i}.zp"], [f"h{i + 1}"],
+                                      domain="com.microsoft", K=dim, N=dim, bits=bits, block_size=block,
+                                      accuracy_level=level))
+    return chain_model(nodes, inits, dim, [helper.make_opsetid("com.microsoft", 1)]), nbytes
+
+
+def float_chain(rng, layers, dim):
+    from onnx import helper, numpy_helper
+    nodes, inits = [], []
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((dim, dim)) * 0.02).astype(np.float32), f"l{i}.W"))
+        nodes.append(helper.make_node("MatMul", [f"h{i}", f"l{i}.W"], [f"h{i + 1}"]))
+    return chain_model(nodes, inits, dim), layers * dim * dim * 4
+
+
+def time_chain(model, threads: int, runs: int, warmup: int = 5) -> float:
+    import onnxruntime as ort
+
+    from vq2trt.runtime.library import session_options
+    so = session_options(intra_op_threads=threads)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    feed = {"h0": x.astype(np.float32)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=4096)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    rows = []
+    for label, v, k in (("v4-k256 (default)", 4, 256), ("v2-k16 (CPU-friendly)", 2, 16)):
+        for level in (0, 4):
+            rows.append((f"VQGemm {label}, accuracy_level {level}",
+                         lambda v=v, k=k, level=level: vq_chain(rng, args.layers, args.dim, v, k, level)))
+    for bits in (4, 2):
+        rows.append((f"MatMulNBits {bits}-bit g128, accuracy_level 4",
+                     lambda bits=bits: nbits_chain(rng, args.layers, args.dim, bits)))
+    rows.append(("MatMul float32", lambda: float_chain(rng, args.layers, args.dim)))
+    print(f"chain of {args.layers} Linear {args.dim}x{args.dim}, M=1, {args.threads} intra-op threads, "
+          f"median of {args.runs} runs")
+    print("| op | bits/weight (all-in) | ms per chain | weight GB/s |")
+    print("|---|---|---|---|")
+    for name, build in rows:
+        model, nbytes = build()
+        ms = time_chain(model, args.threads, args.runs)
+        bpw = nbytes * 8 / (args.layers * args.dim * args.dim)
+        print(f"| {name} | {bpw:.3f} | {ms:.2f} | {nbytes / ms / 1e6:.2f} |", flush=True)
+        del model
+
+
+if __name__ == "__main__":
+    main()
