@@ -51,3 +51,19 @@ def test_export_of_a_missing_checkpoint(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_python_sample_app_generates_like_vq2trt_run(pipeline, capsys):
+    """samples/ort_generate.py (onnxruntime + tokenizers only) continues the prompt exactly as
+    `vq2trt run` does: both are greedy over the same graph."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "ort_generate.py"
+    r = subprocess.run([sys.executable, str(sample), str(pipeline / "onnx"), "the quick"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert main(["run", str(pipeline / "onnx"), "--prompt", "the quick", "--max-new-tokens", "24"]) == 0
+    ours = capsys.readouterr().out.splitlines()[0]
+    assert r.stdout.strip() == ours.strip()
