@@ -50,7 +50,7 @@ plugins:
 	cd build && ctest --output-on-failure
 
 lint: install
-	$(BIN)/ruff check vq2trt tests benchmarks
+	$(BIN)/ruff check vq2trt tests benchmarks samples
 
 clean:
 	rm -rf $(OUT) build *.egg-info
