@@ -5,6 +5,7 @@
 // x'[m, p] = x[m, perm[p]] · scale[perm[p]]: a per-row constant plus one primitive per part.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "internal.h"
@@ -40,19 +41,20 @@ void run_rows(void* arg, size_t task) {
   const Call& c = *static_cast<const Call*>(arg);
   const Prepacked& p = *c.p;
   const int64_t N = p.dims.N, n0 = int64_t(task) * c.row_block, n1 = std::min(N, n0 + c.row_block);
-  std::vector<float> scratch(size_t(scratch_floats(p) + 4 * c.M));
+  // Uninitialised on purpose: kernels write before they read, and zeroing it per task shows up.
+  std::unique_ptr<float[]> scratch(new float[size_t(scratch_floats(p) + 4 * c.M)]);
   const int64_t nseg = int64_t(p.segments.size());
   for (const Part& pt : p.parts) {
     if (c.use_int8 && pt.int8) {
       const Segment& s = p.segments[size_t(pt.segment)];
       avx512::part_int8(pt, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
-                        c.corr + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch.data());
+                        c.corr + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch.get());
     } else if (p.isa == Isa::kAvx512) {
-      avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.data());
+      avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.get());
     } else if (p.isa == Isa::kAvx2) {
-      avx2::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.data());
+      avx2::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.get());
     } else {
-      scalar::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.data());
+      scalar::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.get());
     }
   }
 }
@@ -125,9 +127,9 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) y32[m * N + n] = rowconst[size_t(m)] + (p.bias.empty() ? 0.f : p.bias[size_t(n)]);
   call.y = y32;
-  // Enough tasks for load balance on a few cores, each a multiple of every part's vector length.
+  // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector length.
   const int64_t unit = p.row_unit, units = ceil_div(N, unit);
-  const int64_t per_task = std::max<int64_t>(1, ceil_div(units, 32));
+  const int64_t per_task = std::max<int64_t>(1, ceil_div(units, 16));
   call.row_block = per_task * unit;
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
