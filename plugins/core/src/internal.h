@@ -23,8 +23,9 @@ struct Part {
   const int32_t* indices = nullptr;
   // float32 table [2^bits, v]; entries >= k are zero so that any masked index is a valid read.
   std::vector<float> ftab;
-  // int8 route (accuracy_level 4, bits <= 8, AVX-512 VBMI + VNNI): per component j a byte table
-  // of `qentries` (64 for vpermb, 256 for two vpermi2b halves) holding round(q / qscale[j]) + 128,
+  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 8, AVX2 with bits <= 4): per
+  // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
+  // halves) holding round(q / qscale[j]) + 128,
   // unsigned because vpdpbusd multiplies u8 by s8; the +128 is subtracted once per x block.
   bool int8 = false;
   int qentries = 0;
@@ -89,6 +90,16 @@ namespace avx512 {
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                int64_t sx_stride, const float* corr, int64_t corr_stride, int64_t M, float* y,
                int64_t N, int64_t n0, int64_t n1, float* scratch);
+}  // namespace avx512
+
+namespace avx2 {
+// As avx512::part_int8, for parts with k <= 16 (corr is not needed: the tables are made signed).
+void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
+               int64_t sx_stride, const float* corr, int64_t corr_stride, int64_t M, float* y,
+               int64_t N, int64_t n0, int64_t n1, float* scratch);
+}  // namespace avx2
+
+namespace avx512 {
 // x'[0, count) -> int8 q (zero padded to a multiple of 64) with one scale per kXBlock columns in
 // sx; returns Σ_blocks sx · 128 · Σ q, the offset the unsigned tables add.
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);

@@ -43,7 +43,7 @@ namespace {
 
 // A part's tables from its fp16 codebook [k, v]; `int8` also builds the byte tables.
 Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, const int32_t* indices,
-               const uint16_t* cb, bool int8) {
+               const uint16_t* cb, Isa int8) {
   Part p;
   p.col0 = col0;
   p.count = count;
@@ -55,9 +55,10 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
   p.ftab.assign(size_t(v) << p.bits, 0.f);  // zeros beyond k: any b-bit value is a safe read
   for (int64_t i = 0; i < k * v; ++i) p.ftab[size_t(i)] = half_to_float(cb[i]);
   p.ft = p.ftab.data();
-  if (int8 && p.bits <= 8) {
+  // Byte tables: the AVX-512 route takes up to 256 entries, the AVX2 one (vpshufb) 16.
+  if ((int8 == Isa::kAvx512 && p.bits <= 8) || (int8 == Isa::kAvx2 && p.bits <= 4)) {
     p.int8 = true;
-    p.qentries = p.bits <= 6 ? 64 : 256;
+    p.qentries = int8 == Isa::kAvx2 ? 16 : p.bits <= 6 ? 64 : 256;
     p.qtab.assign(size_t(v * p.qentries), 128);  // 128 = weight 0 for the unused entries
     p.qscale.assign(size_t(v), 1.f);
     // One scale per component j: components of a VQ codebook often differ in range.
@@ -86,7 +87,7 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   p.dims = d;
   p.accuracy_level = accuracy_level;
   p.isa = std::min(isa, detect_isa());
-  const bool int8 = accuracy_level >= 4 && p.isa == Isa::kAvx512;
+  const Isa int8 = accuracy_level >= 4 ? p.isa : Isa::kScalar;  // kScalar: no int8 tables
   p.perm.assign(w.perm, w.perm + d.K);
   // Clamp so that even an unvalidated perm cannot index outside X.
   for (auto& ch : p.perm) ch = std::clamp<int32_t>(ch, 0, int32_t(d.K - 1));

@@ -47,7 +47,7 @@ void run_rows(void* arg, size_t task) {
   for (const Part& pt : p.parts) {
     if (c.use_int8 && pt.int8) {
       const Segment& s = p.segments[size_t(pt.segment)];
-      avx512::part_int8(pt, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
+      (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(pt, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                         c.corr + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch.get());
     } else if (p.isa == Isa::kAvx512) {
       avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch.get());
@@ -65,6 +65,27 @@ float load(DType t, const void* x, int64_t i) {
     case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(x)[i]);
     default: return static_cast<const float*>(x)[i];
   }
+}
+
+// The portable twin of avx512::quantize_segment (same rounding: nearest even), for AVX2 CPUs.
+float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
+  const int64_t padded = ceil_div(count, 64) * 64;
+  float corr = 0.f;
+  for (int64_t b = 0; b * kXBlock < count; ++b) {
+    const int64_t c0 = b * kXBlock, cn = std::min(kXBlock, count - c0), cp = std::min(kXBlock, padded - c0);
+    float amax = 0.f;
+    for (int64_t c = 0; c < cn; ++c) amax = std::max(amax, std::fabs(x[c0 + c]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    int32_t sum = 0;
+    for (int64_t c = 0; c < cp; ++c) {
+      const int v = c < cn ? int(std::nearbyint(x[c0 + c] * inv)) : 0;
+      q[c0 + c] = int8_t(std::clamp(v, -127, 127));
+      sum += q[c0 + c];
+    }
+    sx[b] = amax / 127.f;
+    corr += sx[b] * 128.f * float(sum);
+  }
+  return corr;
 }
 
 }  // namespace
@@ -110,7 +131,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
           for (int64_t c = 0; c < g.count; ++c) xs[size_t((c & ~int64_t(127)) + (c & 1) * 64 + ((c & 127) >> 1))] = xg[c];
           xg = xs.data();
         }
-        corr[size_t(m * nseg + s)] = avx512::quantize_segment(xg, count,
+        corr[size_t(m * nseg + s)] = (p.isa == Isa::kAvx512 ? avx512::quantize_segment : quantize_segment)(xg, count,
                                                       xq.data() + m * p.xq_bytes + g.byte_offset,
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }

@@ -1,0 +1,113 @@
+// The int8 part kernel for AVX2 CPUs without AVX-512 VBMI/VNNI, for k <= 16 (4-bit indices):
+// vpshufb looks up 32 weights of component j at once from a 16-entry byte table, and the
+// u8 x s8 multiply of vpmaddubsw takes |w| and x with w's sign, so no pair sum can saturate
+// (2 · 127 · 127 < 2^15). The tables are the AVX-512 route's (w + 128 as u8): xor 0x80 gives w.
+// Same activation layout as int8_avx512.cpp (one scale per kXBlock columns, "split" 4-bit order).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "internal.h"
+#include "unpack.h"
+
+namespace vq2trt {
+namespace avx2 {
+namespace {
+
+inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void unpack_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
+                  bool split, uint8_t* out) {
+  if (split) {  // 4-bit, byte aligned: low nibbles then high nibbles of each 64 packed bytes
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row) + skip / 8;
+    const int64_t nbytes = (count + 1) / 2;
+    const __m256i low = _mm256_set1_epi8(15);
+    for (int64_t i = 0; i < nbytes; i += 64) {
+      alignas(32) uint8_t tail[64] = {};
+      const uint8_t* src = bytes + i;
+      if (nbytes - i < 64) {  // no byte-masked loads before AVX-512: copy the row's last bytes
+        std::memcpy(tail, src, size_t(nbytes - i));
+        src = tail;
+      }
+      for (int h = 0; h < 2; ++h) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * i + 32 * h), _mm256_and_si256(x, low));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * i + 64 + 32 * h),
+                            _mm256_and_si256(_mm256_srli_epi16(x, 4), low));
+      }
+    }
+    return;
+  }
+  unpack_generic(row, words, skip, bits, count, out);
+  std::memset(out + count, 0, size_t(nblk * 64 - count));
+}
+
+template <int JV>
+void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, const int8_t* xq, int64_t xq_stride,
+                const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+  __m256i T[JV];
+  const __m256i flip = _mm256_set1_epi8(char(0x80)), ones = _mm256_set1_epi16(1);
+  for (int jj = 0; jj < JV; ++jj) {
+    const __m128i t = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qt + jj * 16)),
+                                    _mm256_castsi256_si128(flip));
+    T[jj] = _mm256_broadcastsi128_si256(t);  // vpshufb looks up within each 128-bit lane
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    __m256 acc[JV];
+    for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm256_setzero_ps();
+    const int8_t* xr = xq + m * xq_stride;
+    for (int64_t sb = 0; sb * 4 < nblk; ++sb) {
+      __m256i isum[JV];
+      for (int jj = 0; jj < JV; ++jj) isum[jj] = _mm256_setzero_si256();
+      const int64_t h_end = 2 * lo(nblk, sb * 4 + 4);
+      for (int64_t h = 8 * sb; h < h_end; ++h) {  // 32-byte halves of the 64-column blocks
+        const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + 32 * h));
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xr + 32 * h));
+        for (int jj = 0; jj < JV; ++jj) {
+          const __m256i w = _mm256_shuffle_epi8(T[jj], ix);
+          const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xv, w));
+          isum[jj] = _mm256_add_epi32(isum[jj], _mm256_madd_epi16(p, ones));
+        }
+      }
+      const __m256 s = _mm256_set1_ps(sx[m * sx_stride + sb]);
+      for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[jj]), s, acc[jj]);
+    }
+    for (int jj = 0; jj < JV; ++jj) {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, acc[jj]);
+      sums[m * JV + jj] = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+    }
+  }
+}
+
+}  // namespace
+
+void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+               const float*, int64_t, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1, float* scratch) {
+  const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
+  uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
+  float* sums = scratch + (nblk * 64) / 4 + 16;
+  for (int64_t r = n0 / v; r * v < n1; ++r) {
+    unpack_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits,
+                 pt.count, nblk, pt.split4, idx);
+    for (int64_t jc = 0; jc < v; jc += 4) {
+      const int64_t nb = r * v + jc, jv = lo(4, v - jc);
+      if (nb + jv <= n0 || nb >= n1) continue;
+      const uint8_t* qt = pt.qt + jc * pt.qentries;
+      switch (jv) {
+        case 1: lookup_dot<1>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+        case 2: lookup_dot<2>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+        case 3: lookup_dot<3>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+        default: lookup_dot<4>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+      }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t jj = 0; jj < jv; ++jj) {
+          const int64_t n = nb + jj;
+          if (n >= n0 && n < n1) y[m * N + n] += pt.qs[jc + jj] * sums[m * jv + jj];
+        }
+    }
+  }
+}
+
+}  // namespace avx2
+}  // namespace vq2trt
