@@ -1,6 +1,6 @@
-// Optimized kernels (every ISA this CPU has, accuracy levels 0 and 4 with the int8 routes of
-// AVX-512 and AVX2, decode and prefill row
-// counts, fp32/fp16/bf16 activations) against the scalar reference on random formats.
+// Optimized kernels (every ISA this CPU has; accuracy levels 0 and 4, i.e. the int8 routes of
+// AVX-512 and AVX2; decode and prefill row counts; fp32/fp16/bf16 activations) against the
+// scalar reference on random formats.
 #include <cmath>
 #include <cstdio>
 #include <random>
