@@ -139,6 +139,22 @@ def test_three_dimensional_x(library):
     check(y, x, w, TOL_FP32)
 
 
+def test_bfloat16_x(library):
+    """numpy has no bfloat16: X goes in as raw bits, Y comes out through a Cast to float32."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(10)
+    w = random_weight(rng, v=4, k=256, bias=True)
+    model = make_model(w, "bfloat16")
+    model.graph.node.append(helper.make_node("Cast", ["Y"], ["Yf"], to=TensorProto.FLOAT))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("Yf", TensorProto.FLOAT, ["d0", w.out_features]))
+    sess = session(model, library)
+    bits = (rng.standard_normal((5, w.in_features)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    x = (bits.astype(np.uint32) << 16).view(np.float32)  # the values X holds
+    xv = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, TensorProto.BFLOAT16)
+    (y,) = sess.run_with_ort_values(["Yf"], {"X": xv})
+    check(y.numpy(), x, w, 2 ** -7)  # the output is rounded to bfloat16's 8 significant bits
+
+
 def test_repeated_runs_reuse_the_cached_weight(library):
     rng = np.random.default_rng(4)
     w = random_weight(rng, v=2, k=16)
