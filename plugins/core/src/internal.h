@@ -68,10 +68,12 @@ struct Prepacked {
 // once (256 · 255 · 127 stays far below 2^31).
 constexpr int64_t kXBlock = 256;
 
-// Scratch a part kernel may use: an index row (ceil64(max_count) uint32) and a float tile.
+// Scratch a part kernel may use: an index row (ceil64(max_count) uint32), then a float tile
+// (prefill: [max_count, 16]). Allocate 64-byte aligned.
 constexpr int64_t kTileCols = 128, kTileRows = 16;
-inline int64_t scratch_floats(const Prepacked& p) {
-  return (p.max_count + 64) + kTileCols * kTileRows + 16;
+inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
+  const int64_t tile = M > 1 ? (p.max_count + 1) * 16 + kTileCols * kTileRows : kTileCols * kTileRows;
+  return (p.max_count + 64 + 16) + tile + 16 + 4 * M;
 }
 
 // y [M, N] += part's contribution for output rows [n0, n1). xp: x' [M, xs] (float32).
