@@ -6,7 +6,7 @@ with 2 intra-op threads, sequential execution, graph optimisation on. Per row: m
 chain over RUNS runs after warm-up, and the weight bytes it streams (all-in: indices, codebooks,
 perm, scales) divided by that time.
 
-    .venv/bin/python benchmarks/cpu_vqgemm.py [--layers 16] [--dim 4096] [--runs 30] [--threads 2]
+    .venv/bin/python benchmarks/cpu_vqgemm.py [--layers 16] [--dim 4096] [--runs 30] [--threads 2] [--rows 1]
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def random_vq(rng, n: int, k_in: int, v: int, k: int) -> VQWeight:
 
 def chain_model(nodes, inits, dim: int, extra_opsets=()):
     from onnx import TensorProto, helper
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, dim])],
-                              [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [1, dim])],
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["m", dim])],
+                              [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, ["m", dim])],
                               initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *extra_opsets])
 
@@ -85,13 +85,13 @@ def float_chain(rng, layers, dim):
     return chain_model(nodes, inits, dim), layers * dim * dim * 4
 
 
-def time_chain(model, threads: int, runs: int, warmup: int = 5) -> float:
+def time_chain(model, threads: int, runs: int, warmup: int = 5, rows: int = 1) -> float:
     import onnxruntime as ort
 
     from vq2trt.runtime.library import session_options
     so = session_options(intra_op_threads=threads)
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).standard_normal((1, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    x = np.random.default_rng(1).standard_normal((rows, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
     feed = {"h0": x.astype(np.float32)}
     for _ in range(warmup):
         sess.run(None, feed)
@@ -109,6 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=1, help="activation rows M (1: decode; more: prefill)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
@@ -120,13 +121,13 @@ def main(argv=None) -> None:
         rows.append((f"MatMulNBits {bits}-bit g128, accuracy_level 4",
                      lambda bits=bits: nbits_chain(rng, args.layers, args.dim, bits)))
     rows.append(("MatMul float32", lambda: float_chain(rng, args.layers, args.dim)))
-    print(f"chain of {args.layers} Linear {args.dim}x{args.dim}, M=1, {args.threads} intra-op threads, "
+    print(f"chain of {args.layers} Linear {args.dim}x{args.dim}, M={args.rows}, {args.threads} intra-op threads, "
           f"median of {args.runs} runs")
     print("| op | bits/weight (all-in) | ms per chain | weight GB/s |")
     print("|---|---|---|---|")
     for name, build in rows:
         model, nbytes = build()
-        ms = time_chain(model, args.threads, args.runs)
+        ms = time_chain(model, args.threads, args.runs, rows=args.rows)
         bpw = nbytes * 8 / (args.layers * args.dim * args.dim)
         print(f"| {name} | {bpw:.3f} | {ms:.2f} | {nbytes / ms / 1e6:.2f} |", flush=True)
         del model
