@@ -109,3 +109,22 @@ def test_export_refuses_an_existing_folder(exported_float, tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="already exists"):
         export_onnx(model, tmp_path / "x")
+
+
+def test_left_padded_batch_matches_unpadded_rows(exported_float):
+    """A batch whose shorter row is left-padded (attention_mask 0, positions restarting at the
+    first real token) gives that row the logits it gets alone, in ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    model, out = exported_float
+    names = ExportDecoder(model).input_names()
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    a, b = sample_batch(seed=6, batch=1, seq=6)[0].numpy(), sample_batch(seed=7, batch=1, seq=4)[0].numpy()
+    ids = np.stack([a, np.concatenate([[0, 0], b])])
+    mask = np.array([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    pos = np.array([np.arange(6), [0, 0, 0, 1, 2, 3]])
+    empty = [np.zeros((2, 2, 0, 16), np.float32)] * 4
+    got = sess.run(None, _feeds(names, ids, mask, pos, empty))[0]
+    alone = sess.run(None, _feeds(names, b[None], np.ones((1, 4), np.int64), np.arange(4)[None],
+                                  [e[:1] for e in empty]))[0]
+    np.testing.assert_allclose(got[1, 2:], alone[0], atol=ATOL)
+    assert np.isfinite(got).all()
