@@ -29,11 +29,8 @@ INPUT_GROUPS = (
 
 
 def schema_path() -> Path:
-    """The schema file: the repository's export/ folder, or the copy installed with the package."""
-    repo = Path(__file__).resolve().parents[2] / "export" / "vqgemm_op.json"
-    if repo.is_file():
-        return repo
-    return Path(str(resources.files("vq2trt.export").joinpath("vqgemm_op.json")))
+    """The schema file (export/vqgemm_op.json, shipped in the package through a symlink)."""
+    return Path(str(resources.files("vq2trt.export").joinpath("vqgemm_op.json")))  # -> export/ in a checkout
 
 
 @lru_cache(maxsize=1)
