@@ -25,9 +25,15 @@ ort = pytest.importorskip("onnxruntime")
 TOL_FP32 = 1e-5
 # float16 X and Y: the output is rounded to fp16 (2^-11 relative) after float32 accumulation;
 TOL_FP16 = 2e-3
-# level 4 rounds x' to int8 per 256-column block and each codebook component to int8 (step
-# 1/254 of the range each): typically 0.3 % of the bound, 2 % leaves room for unlucky rows.
-TOL_INT8 = 2e-2
+# level 4 keeps the first 64 permuted columns in float32 and rounds the rest of x' to int8 per
+# 256-column block (step amax/127) and each codebook component, centred on its midrange, to int8
+# (step range/254). Both errors are random-signed over the K columns, so the row error grows like
+# sqrt(K) while the bound grows like K: measured at most 1.4e-3 over these tests' shapes (before
+# the float head and the centring: 2.6e-3, with a 2e-2 limit); 5e-3 leaves room for unlucky rows.
+TOL_INT8 = 5e-3
+# Heavy-tailed activations (test_int8_heavy_tailed_activations), as a fraction of the bound over
+# the ordinary channels only: measured 3e-4..1.2e-3 (before the fix: 1.3e-2..1e-1).
+TOL_INT8_HEAVY = 5e-3
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +133,36 @@ def test_random_formats(library, seed):
     x = rng.standard_normal((M, K)).astype(dtype)
     tol = TOL_INT8 if level == 4 and M <= 8 else (TOL_FP32 if dtype == np.float32 else TOL_FP16)
     check(sess.run(None, {"X": x})[0], x, w, tol)
+
+
+@pytest.mark.parametrize("K", [576, 1536, 4096])
+@pytest.mark.parametrize("fmt", ["v4-k256", "v2-k16"])
+def test_int8_heavy_tailed_activations(library, fmt, K):
+    """Level 4 on LLM-like activations: a few channels 300-1000x the others (the massive
+    activations at e.g. down_proj inputs), a normalised weight (codebook in [0, 1], col_bias
+    about -col_scale / 2, as the quantizer stores it) and the permutation the quantizer makes
+    (largest E[x²] first, so the massive channels are permuted columns 0..3). The error must stay
+    small next to what the ordinary channels contribute, not only next to the massive ones: one
+    int8 scale shared with a massive channel rounds its ordinary neighbours to zero."""
+    v, k = {"v4-k256": (4, 256), "v2-k16": (2, 16)}[fmt]
+    rng = np.random.default_rng(zlib.crc32(f"heavy/{fmt}/{K}".encode()))
+    N, big = 64, rng.choice(K, 4, replace=False)
+    perm = np.concatenate([big, rng.permutation(np.setdiff1d(np.arange(K), big))])
+    w = VQWeight.from_unpacked(out_features=N, in_features=K, perm=perm,
+                               indices=rng.integers(0, k, (-(-N // v), K)), codebook=rng.uniform(0, 1, (1, k, v)),
+                               col_scale=rng.uniform(0.5, 2, K), col_bias=rng.uniform(-1.2, -0.3, K))
+    sess = session(make_model(w, np.float32, accuracy_level=4), library)
+    ordinary = np.setdiff1d(np.arange(K), big)
+    W = dequantize(w).astype(np.float64)
+    for M in (1, 4):
+        x = rng.standard_normal((M, K))
+        x[:, big] *= rng.uniform(300, 1000, big.size)
+        x = x.astype(np.float32)
+        (y,) = sess.run(None, {"X": x})
+        err = np.abs(y.astype(np.float64) - vq_gemm(x, w))
+        bound = np.linalg.norm(x[:, ordinary], axis=1)[:, None] * np.linalg.norm(W[:, ordinary], axis=1)[None, :]
+        worst = float((err / bound).max())
+        assert worst <= TOL_INT8_HEAVY, f"max error {worst:.3g} of the ordinary channels' ‖x‖·‖W‖"
 
 
 def test_three_dimensional_x(library):

@@ -3,7 +3,8 @@
 // Per output row n = r*v + j and block of 64 columns, the 64 indices of vector row r select 64
 // weights of component j with one vpermb (k <= 64) or two vpermi2b + a blend on bit 7 (k <= 256),
 // already contiguous along the columns, and vpdpbusd multiplies them with the int8 activations.
-// One unpacked index row feeds all v output rows of the vector. Built with per-file flags (see
+// One unpacked index row feeds all v output rows of the vector. The tables hold the codebook
+// centred on each component's midrange; the caller's float Σ x' times the centre restores it. Built with per-file flags (see
 // plugins/core/CMakeLists.txt) and only called after detect_isa() reported kAvx512.
 #include <immintrin.h>
 
@@ -129,7 +130,7 @@ void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int q
 }  // namespace
 
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
-               const float* corr, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t n0,
+               const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t n0,
                int64_t n1, float* scratch) {
   const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
   uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
@@ -149,7 +150,8 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
       for (int64_t m = 0; m < M; ++m)
         for (int64_t jj = 0; jj < jv; ++jj) {
           const int64_t n = nb + jj;
-          if (n >= n0 && n < n1) y[m * N + n] += pt.qs[jc + jj] * (sums[m * jv + jj] - corr[m * corr_stride]);
+          if (n >= n0 && n < n1)
+            y[m * N + n] += pt.qs[jc + jj] * (sums[m * jv + jj] - corr[m * corr_stride]) + pt.qc[jc + jj] * xsum[m * corr_stride];
         }
     }
   }

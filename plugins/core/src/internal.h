@@ -25,12 +25,16 @@ struct Part {
   std::vector<float> ftab;
   // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 8, AVX2 with bits <= 4): per
   // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
-  // halves) holding round(q / qscale[j]) + 128,
-  // unsigned because vpdpbusd multiplies u8 by s8; the +128 is subtracted once per x block.
+  // halves) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
+  // multiplies u8 by s8; the +128 is subtracted once per x block. Centering on the midrange uses
+  // all 255 levels for one-signed codebooks (normalised weights have q in [0, 1]) and takes the
+  // common part qcenter[j] · Σ x' out of the int8 products: it is added back from the float x',
+  // so the activation rounding error only meets q - qcenter[j], not the whole q.
   bool int8 = false;
   int qentries = 0;
   std::vector<uint8_t> qtab;    // [v, qentries]
   std::vector<float> qscale;    // [v]
+  std::vector<float> qcenter;   // [v]
   int segment = -1;             // quantized-x segment (shared by a group's main and residual)
   // 4-bit indices on the int8 route come unpacked in "split" order: per 128 columns the 64 low
   // nibbles (even columns), then the 64 high nibbles (odd columns); the segment's activations
@@ -40,9 +44,11 @@ struct Part {
   const float* ft = nullptr;
   const uint8_t* qt = nullptr;
   const float* qs = nullptr;
+  const float* qc = nullptr;
 };
 
-// A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64).
+// A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64). It
+// never includes the first kInt8HeadCols permuted columns.
 struct Segment {
   int64_t col0 = 0, count = 0, blocks = 0;  // blocks of 64 bytes, padded to 128 columns if split
   bool split = false;
@@ -63,6 +69,13 @@ struct Prepacked {
   int64_t max_count = 0;                // longest part, for scratch sizing
   int64_t row_unit = 1;                 // task boundaries are multiples of this (lcm of v's)
 };
+
+// accuracy_level 4 keeps the first kInt8HeadCols permuted positions on the float route. They
+// are the most salient columns (outliers, then decreasing diag(H) = E[x²]) and hold the massive
+// activation channels of LLMs (100-1000x the others): in an int8 block with the rest they would
+// set the scale and round the other columns to zero, and their own products are where codebook
+// rounding costs most. 64 columns cost ~1.6 % of a 4096-column row at float speed.
+constexpr int64_t kInt8HeadCols = 64;
 
 // Columns sharing one int8 activation scale: the int32 sums of a block are converted and scaled
 // once (256 · 255 · 127 stays far below 2^31).
@@ -88,16 +101,17 @@ VQ2TRT_DECLARE_FLOAT_KERNEL(avx512)
 
 namespace avx512 {
 // xq: int8 x' [M, xq_stride] for the part's segment; sx: block scales [M, sx_stride];
-// corr[m * corr_stride]: Σ_blocks sx · 128 · Σ xq (the unsigned-table offset to remove).
+// corr[m * corr_stride]: Σ_blocks sx · 128 · Σ xq (the unsigned-table offset to remove);
+// xsum[m * corr_stride]: Σ x' over the segment in float32 (times qcenter: the centred part).
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
-               int64_t sx_stride, const float* corr, int64_t corr_stride, int64_t M, float* y,
+               int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
                int64_t N, int64_t n0, int64_t n1, float* scratch);
 }  // namespace avx512
 
 namespace avx2 {
 // As avx512::part_int8, for parts with k <= 16 (corr is not needed: the tables are made signed).
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
-               int64_t sx_stride, const float* corr, int64_t corr_stride, int64_t M, float* y,
+               int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
                int64_t N, int64_t n0, int64_t n1, float* scratch);
 }  // namespace avx2
 

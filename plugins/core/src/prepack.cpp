@@ -61,19 +61,27 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
     p.qentries = int8 == Isa::kAvx2 ? 16 : p.bits <= 6 ? 64 : 256;
     p.qtab.assign(size_t(v * p.qentries), 128);  // 128 = weight 0 for the unused entries
     p.qscale.assign(size_t(v), 1.f);
-    // One scale per component j: components of a VQ codebook often differ in range.
+    p.qcenter.assign(size_t(v), 0.f);
+    // One centre and scale per component j: components of a VQ codebook often differ in range,
+    // and a normalised weight's codebook holds q in [0, 1] (see Part::qcenter).
     for (int64_t j = 0; j < v; ++j) {
-      float amax = 0.f;
-      for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(p.ftab[size_t(i * v + j)]));
-      const float s = amax > 0.f ? amax / 127.f : 1.f;
+      float lo = p.ftab[size_t(j)], hi = lo;
+      for (int64_t i = 0; i < k; ++i) {
+        lo = std::min(lo, p.ftab[size_t(i * v + j)]);
+        hi = std::max(hi, p.ftab[size_t(i * v + j)]);
+      }
+      const float c = 0.5f * (lo + hi), half = std::max(hi - c, c - lo);
+      const float s = half > 0.f ? half / 127.f : 1.f;
+      p.qcenter[size_t(j)] = c;
       p.qscale[size_t(j)] = s;
       for (int64_t i = 0; i < k; ++i) {
-        const float q = std::nearbyint(p.ftab[size_t(i * v + j)] / s);
+        const float q = std::nearbyint((p.ftab[size_t(i * v + j)] - c) / s);
         p.qtab[size_t(j * p.qentries + i)] = uint8_t(int(std::clamp(q, -127.f, 127.f)) + 128);
       }
     }
     p.qt = p.qtab.data();
     p.qs = p.qscale.data();
+    p.qc = p.qcenter.data();
   }
   return p;
 }
@@ -116,12 +124,37 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     p.segments.push_back(s);
     return int(p.segments.size() - 1);
   };
-  if (d.n_out > 0) {
-    p.parts.push_back(make_part(0, d.n_out, d.N, d.k_o, d.v_o, w.outlier_indices, w.outlier_codebook, int8));
-    Part& o = p.parts.back();
-    o.split4 = o.int8 && o.bits == 4;
-    if (o.int8) o.segment = add_segment(0, d.n_out, o.split4);
-  }
+  // The first kInt8HeadCols permuted positions (the most salient columns: outliers, then the
+  // largest diag(H) = E[x²], where LLMs put their massive activation channels) stay on the float
+  // route at every accuracy level; the int8 route starts after them (see internal.h).
+  const int64_t head = int8 != Isa::kScalar ? kInt8HeadCols : 0;
+  auto push = [&](Part&& pt) {
+    if (pt.int8) {
+      pt.split4 = pt.bits == 4 && pt.skip_bits % 8 == 0;
+      pt.segment = add_segment(pt.col0, pt.count, pt.split4);
+    }
+    p.parts.push_back(std::move(pt));
+  };
+  auto add_part = [&](Part&& pt) {
+    if (!pt.int8 || pt.col0 >= head) return push(std::move(pt));
+    const int64_t hn = std::min(head - pt.col0, pt.count);
+    Part tail = pt;
+    pt.count = hn;
+    pt.int8 = false;
+    pt.qentries = 0;
+    pt.qtab.clear();
+    pt.qscale.clear();
+    pt.qcenter.clear();
+    push(std::move(pt));
+    if (hn < tail.count) {
+      tail.col0 += hn;
+      tail.count -= hn;
+      tail.skip_bits += hn * tail.bits;
+      push(std::move(tail));
+    }
+  };
+  if (d.n_out > 0)
+    add_part(make_part(0, d.n_out, d.N, d.k_o, d.v_o, w.outlier_indices, w.outlier_codebook, int8));
   const int64_t C = d.K - d.n_out, gs = group_size(d);
   const int b = index_bits(d.k), br = d.k_r ? index_bits(d.k_r) : 0;
   const int64_t words = packed_words(C, b), words_r = packed_words(C, br);
@@ -129,22 +162,24 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     const int64_t c0 = g * gs, cn = std::min(gs, C - c0);
     if (cn <= 0) break;
     // A group's columns start mid-row (all groups share one packed row): the part skips those bits.
-    const int64_t bit0 = c0 * b, bit0_r = c0 * br;
     Part main = make_part(d.n_out + c0, cn, d.N, d.k, d.v, w.indices, w.codebook + g * d.k * d.v, int8);
     main.words = words;
-    main.skip_bits = bit0;
-    main.split4 = main.int8 && main.bits == 4 && bit0 % 8 == 0;
-    if (main.int8) main.segment = add_segment(d.n_out + c0, cn, main.split4);
-    p.parts.push_back(std::move(main));
+    main.skip_bits = c0 * b;
+    add_part(std::move(main));
     if (d.k_r) {
       Part res = make_part(d.n_out + c0, cn, d.N, d.k_r, d.v, w.res_indices,
                            w.res_codebook + g * d.k_r * d.v, int8);
       res.words = words_r;
-      res.skip_bits = bit0_r;
-      res.split4 = res.int8 && res.bits == 4 && bit0_r % 8 == 0;
-      if (res.int8) res.segment = add_segment(d.n_out + c0, cn, res.split4);
-      p.parts.push_back(std::move(res));
+      res.skip_bits = c0 * br;
+      add_part(std::move(res));
     }
+  }
+  // Raw views last: add_part copies parts, and push_back may move them.
+  for (Part& q : p.parts) {
+    q.ft = q.ftab.data();
+    q.qt = q.int8 ? q.qtab.data() : nullptr;
+    q.qs = q.int8 ? q.qscale.data() : nullptr;
+    q.qc = q.int8 ? q.qcenter.data() : nullptr;
   }
   p.max_count = 0;
   for (const Part& q : p.parts) p.max_count = std::max(p.max_count, q.count);

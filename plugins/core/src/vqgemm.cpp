@@ -34,6 +34,7 @@ struct Call {
   const int8_t* xq;           // [M, xq_bytes]
   const float* sx;            // [M, xq_blocks]
   const float* corr;          // [M, segments]
+  const float* xsum;          // [M, segments]: Σ x' over the segment, float32
   bool use_int8;
   float* y;                   // [M, N]
 };
@@ -54,7 +55,7 @@ void run_rows(void* arg, size_t task) {
     if (c.use_int8 && pt.int8) {
       const Segment& s = p.segments[size_t(pt.segment)];
       (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(pt, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
-                        c.corr + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch);
+                        c.corr + pt.segment, c.xsum + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch);
     } else if (p.isa == Isa::kAvx512) {
       avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
     } else if (p.isa == Isa::kAvx2) {
@@ -116,21 +117,25 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
       rowconst[size_t(m)] = float(s);
     }
   }
-  Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, false, nullptr};
+  Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, nullptr, false, nullptr};
   std::vector<int8_t> xq;
-  std::vector<float> sx, corr;
+  std::vector<float> sx, corr, xsum;
   call.use_int8 = !p.segments.empty() && M <= kMaxInt8Rows;
   if (call.use_int8) {
     const int64_t nseg = int64_t(p.segments.size());
     xq.assign(size_t(M * p.xq_bytes), 0);
     sx.assign(size_t(M * p.xq_blocks), 0.f);
     corr.assign(size_t(M * nseg), 0.f);
+    xsum.assign(size_t(M * nseg), 0.f);
     std::vector<float> xs;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t s = 0; s < nseg; ++s) {
         const Segment& g = p.segments[size_t(s)];
         const float* xg = xp.data() + m * K + g.col0;
         int64_t count = g.count;
+        float total = 0.f;
+        for (int64_t c = 0; c < g.count; ++c) total += xg[c];
+        xsum[size_t(m * nseg + s)] = total;
         if (g.split) {  // even columns of each 128 first, then the odd ones (see Part::split4)
           count = g.blocks * 64;
           xs.assign(size_t(count), 0.f);
@@ -144,6 +149,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     call.xq = xq.data();
     call.sx = sx.data();
     call.corr = corr.data();
+    call.xsum = xsum.data();
   }
   std::vector<float> ybuf;
   float* y32 = static_cast<float*>(y);
