@@ -41,6 +41,15 @@ const char* isa_name(Isa isa) {
 
 namespace {
 
+// kInt8HeadCols, or VQ2TRT_INT8_HEAD=<columns> to measure the accuracy / speed trade-off.
+int64_t int8_head_cols() {
+  static const int64_t cols = [] {
+    const char* s = std::getenv("VQ2TRT_INT8_HEAD");
+    return s ? std::clamp<int64_t>(std::atoll(s), 0, int64_t(1) << 30) : kInt8HeadCols;
+  }();
+  return cols;
+}
+
 // A part's tables from its fp16 codebook [k, v]; `int8` also builds the byte tables.
 Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, const int32_t* indices,
                const uint16_t* cb, Isa int8) {
@@ -127,7 +136,7 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   // The first kInt8HeadCols permuted positions (the most salient columns: outliers, then the
   // largest diag(H) = E[x²], where LLMs put their massive activation channels) stay on the float
   // route at every accuracy level; the int8 route starts after them (see internal.h).
-  const int64_t head = int8 != Isa::kScalar ? kInt8HeadCols : 0;
+  const int64_t head = int8 != Isa::kScalar ? int8_head_cols() : 0;
   auto push = [&](Part&& pt) {
     if (pt.int8) {
       pt.split4 = pt.bits == 4 && pt.skip_bits % 8 == 0;
