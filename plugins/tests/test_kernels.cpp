@@ -53,7 +53,7 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d) {
                 long(d.N), long(d.K), long(d.n_out), long(d.v), long(d.k), long(d.G), long(d.k_r), long(d.v_o),
                 long(d.k_o), int(d.normalized), int(d.has_bias));
   std::normal_distribution<float> g(0.f, 1.f);
-  for (int64_t M : {1, 3, 12}) {
+  for (int64_t M : {1, 3, 8, 12}) {
     std::vector<float> x(size_t(M * d.K)), ref(size_t(M * d.N)), y(size_t(M * d.N));
     for (auto& v : x) v = g(rng);
     vq_gemm_reference(w.desc, x.data(), M, ref.data());
@@ -102,6 +102,8 @@ int main() {
       {33, 77, 3, 1, 32, 5, 64, 2, 8, false, true},      // 5-bit, odd group starts
       {24, 200, 10, 4, 128, 3, 256, 3, 64, true, false}, // 7-bit (256-entry tables), residual 8-bit
       {16, 70, 0, 2, 16, 7, 16, 0, 0, false, false},     // 4-bit with odd group starts
+      {45, 130, 5, 1, 16, 1, 0, 1, 16, false, true},    // level-4 float head: v = 1, odd head count
+      {30, 100, 0, 4, 16, 2, 0, 0, 0, true, false},     // level-4 float head: 4-bit, v = 4
   };
   for (const auto& d : fixed) check_weight(rng, d);
   // Random formats.

@@ -83,7 +83,7 @@ void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, const int8_
 }  // namespace
 
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
-               const float*, const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1,
+               const float*, const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0, int64_t n1,
                float* scratch) {
   const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
   uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
@@ -104,7 +104,7 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
       for (int64_t m = 0; m < M; ++m)
         for (int64_t jj = 0; jj < jv; ++jj) {
           const int64_t n = nb + jj;
-          if (n >= n0 && n < n1) y[m * N + n] += pt.qs[jc + jj] * sums[m * jv + jj] + pt.qc[jc + jj] * xsum[m * xsum_stride];
+          if (n >= n0 && n < n1) y[m * N + n - y0] += pt.qs[jc + jj] * sums[m * jv + jj] + pt.qc[jc + jj] * xsum[m * xsum_stride];
         }
     }
   }

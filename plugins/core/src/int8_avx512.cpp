@@ -130,8 +130,8 @@ void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int q
 }  // namespace
 
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
-               const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t n0,
-               int64_t n1, float* scratch) {
+               const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t y0,
+               int64_t n0, int64_t n1, float* scratch) {
   const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
   uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
   // Sums of up to 4 components for every activation row; M is small on this route (see vqgemm.cpp).
@@ -151,7 +151,7 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
         for (int64_t jj = 0; jj < jv; ++jj) {
           const int64_t n = nb + jj;
           if (n >= n0 && n < n1)
-            y[m * N + n] += pt.qs[jc + jj] * (sums[m * jv + jj] - corr[m * corr_stride]) + pt.qc[jc + jj] * xsum[m * corr_stride];
+            y[m * N + n - y0] += pt.qs[jc + jj] * (sums[m * jv + jj] - corr[m * corr_stride]) + pt.qc[jc + jj] * xsum[m * corr_stride];
         }
     }
   }

@@ -94,6 +94,8 @@ inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
   namespace ns {                                                                              \
   void part_float(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, \
                   int64_t n0, int64_t n1, float* scratch);                                    \
+  void part_head(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N,  \
+                 int64_t n0, int64_t n1, float* scratch);                                     \
   }
 VQ2TRT_DECLARE_FLOAT_KERNEL(scalar)
 VQ2TRT_DECLARE_FLOAT_KERNEL(avx2)
@@ -103,16 +105,17 @@ namespace avx512 {
 // xq: int8 x' [M, xq_stride] for the part's segment; sx: block scales [M, sx_stride];
 // corr[m * corr_stride]: Σ_blocks sx · 128 · Σ xq (the unsigned-table offset to remove);
 // xsum[m * corr_stride]: Σ x' over the segment in float32 (times qcenter: the centred part).
+// Output row n of activation row m goes to y[m * N + n - y0] (y0 = 0: y itself).
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
-               int64_t N, int64_t n0, int64_t n1, float* scratch);
+               int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
 }  // namespace avx512
 
 namespace avx2 {
 // As avx512::part_int8, for parts with k <= 16 (corr is not needed: the tables are made signed).
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
-               int64_t N, int64_t n0, int64_t n1, float* scratch);
+               int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
 }  // namespace avx2
 
 namespace avx512 {

@@ -51,11 +51,33 @@ void run_rows(void* arg, size_t task) {
   // 64-byte aligned start, as scratch_floats promises.
   float* scratch = buffer.data() + (16 - (reinterpret_cast<uintptr_t>(buffer.data()) / 4) % 16) % 16;
   const int64_t nseg = int64_t(p.segments.size());
-  for (const Part& pt : p.parts) {
+  // The float head of the int8 route (the first permuted columns of a part, split off as the part
+  // before it) runs after its int8 tail, whose sequential read of each index row brings the head's
+  // indices (the row's first bytes) into cache; run first, the head touched one line per row (a
+  // page apart for 4096 columns) and paid a memory latency per row. The tail's sums wait in
+  // `tail` and are added after the head's, so y sees the same float32 additions in the same order.
+  thread_local std::vector<float> tail;
+  for (size_t i = 0; i < p.parts.size(); ++i) {
+    const Part& pt = p.parts[i];
+    auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
+      const Segment& s = p.segments[size_t(q.segment)];
+      (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
+                        p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
+    };
     if (c.use_int8 && pt.int8) {
-      const Segment& s = p.segments[size_t(pt.segment)];
-      (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(pt, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
-                        c.corr + pt.segment, c.xsum + pt.segment, nseg, c.M, c.y, N, n0, n1, scratch);
+      int8_part(pt, c.y, N, 0);
+    } else if (c.use_int8 && i + 1 < p.parts.size() && p.parts[i + 1].int8 &&
+               p.parts[i + 1].indices == pt.indices && p.parts[i + 1].col0 == pt.col0 + pt.count) {
+      const int64_t rows = n1 - n0;
+      tail.assign(size_t(c.M * rows), 0.f);
+      int8_part(p.parts[++i], tail.data(), rows, n0);
+      (p.isa == Isa::kAvx512 ? avx512::part_head : p.isa == Isa::kAvx2 ? avx2::part_head : scalar::part_head)(
+          pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+      for (int64_t m = 0; m < c.M; ++m)
+        for (int64_t n = n0; n < n1; ++n) c.y[m * N + n] += tail[size_t(m * rows + n - n0)];
+    } else if (c.use_int8) {  // a head with no int8 tail (outlier columns), or AVX2's k > 16 parts
+      (p.isa == Isa::kAvx512 ? avx512::part_head : p.isa == Isa::kAvx2 ? avx2::part_head : scalar::part_head)(
+          pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
     } else if (p.isa == Isa::kAvx512) {
       avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
     } else if (p.isa == Isa::kAvx2) {
