@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from vq2trt.export import op
+from vq2trt.runtime.session import DATA_FILE, INFO_FILE, MODEL_FILE
 
-GENAI_CONFIG = "vq2trt_onnx.json"
 _DTYPES = {"int32": np.int32, "float16": np.float16, "float32": np.float32}
 
 
@@ -100,7 +100,6 @@ def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, token
                  source: str | None = None) -> Path:
     import onnx
 
-    from vq2trt.export.onnx_export import DATA_FILE, MODEL_FILE
     from vq2trt.io import _atomic_dir
 
     quantized = any(n.op_type == op.OP_TYPE for n in proto.graph.node)
@@ -108,7 +107,7 @@ def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, token
         onnx.save_model(proto, str(tmp / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)
         info = model_info(model, decoder, quantized=quantized, accuracy_level=accuracy_level, source=source)
-        (tmp / GENAI_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return out_dir

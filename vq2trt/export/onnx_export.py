@@ -20,8 +20,6 @@ from vq2trt.export.decoder import ExportDecoder
 from vq2trt.export.torch_op import INT_ATTRS, VQGemmLinear
 from vq2trt.nn import VQLinear, replace_linear
 
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
 OPSET = 18
 
 

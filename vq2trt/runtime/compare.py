@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vq2trt.runtime.session import create_session, read_info
+from vq2trt.runtime.session import create_session, log_softmax, read_info
 
 # accuracy_level 0: ORT's VQGemm and the PyTorch reference use the same fp16 codebooks and float32
 # arithmetic and differ only in summation order (~1e-6 relative per dot product); over 30 layers
@@ -118,17 +118,12 @@ def _errors(ra, rb, outputs) -> tuple[float, float, float]:
     return mx, float(np.mean(mean)) if mean else 0.0, rel
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 def _distribution_gap(ra, rb) -> tuple[float, float]:
     """(mean KL(b || a) over all positions, top-1 agreement) of the logits."""
     kls, agree = [], []
     for fa, fb in zip(ra, rb):
-        la = _log_softmax(np.asarray(fa["logits"], np.float64).reshape(-1, fa["logits"].shape[-1]))
-        lb = _log_softmax(np.asarray(fb["logits"], np.float64).reshape(-1, fb["logits"].shape[-1]))
+        la = log_softmax(np.asarray(fa["logits"], np.float64).reshape(-1, fa["logits"].shape[-1]))
+        lb = log_softmax(np.asarray(fb["logits"], np.float64).reshape(-1, fb["logits"].shape[-1]))
         kls.extend((np.exp(lb) * (lb - la)).sum(axis=-1).tolist())
         agree.extend((la.argmax(-1) == lb.argmax(-1)).tolist())
     return float(np.mean(kls)), float(np.mean(agree))

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+# An export folder's files; `vq2trt export` writes them under these names.
 INFO_FILE = "vq2trt_onnx.json"
 MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
 
 
 class RunError(RuntimeError):
@@ -42,12 +44,13 @@ def create_session(onnx_dir: str | Path, *, threads: int | None = None, library:
     (or when ``library`` is given)."""
     ort = _ort()
     info = read_info(onnx_dir)
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
     if library or info.get("quantized"):
-        from vq2trt.runtime.library import get_library_path
-        so.register_custom_ops_library(str(library or get_library_path()))
+        from vq2trt.runtime.library import session_options
+        so = session_options(intra_op_threads=threads, library=library)
+    else:
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
     return ort.InferenceSession(str(Path(onnx_dir) / MODEL_FILE), so, providers=["CPUExecutionProvider"])
 
 
@@ -139,13 +142,17 @@ class OnnxDecoder:
         for w in bar:
             x = ids[w * ctx:(w + 1) * ctx]
             logits = self.logits(x[None])[0, :-1].astype(np.float64)       # [ctx-1, V]
-            m = logits.max(axis=1, keepdims=True)
-            lse = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
-            nll += float((lse - logits[np.arange(ctx - 1), x[1:]]).sum())
+            nll -= float(log_softmax(logits)[np.arange(ctx - 1), x[1:]].sum())
             count += ctx - 1
             bar.set_postfix(ppl=f"{math.exp(nll / count):.3f}")
         bar.close()
         return {"ppl": math.exp(nll / count), "nll": nll / count, "tokens": count, "windows": windows}
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, stable for large logits."""
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def _pick(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
