@@ -17,7 +17,7 @@ from torch import nn
 
 from vq2trt.export import op
 from vq2trt.export.decoder import ExportDecoder
-from vq2trt.export.torch_op import INT_ATTRS, VQGemmLinear
+from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
 from vq2trt.nn import VQLinear, replace_linear
 
 OPSET = 18
@@ -33,9 +33,8 @@ def _translation():
     def vq_gemm(x, indices, codebook, perm, res_indices, res_codebook, outlier_indices, outlier_codebook,
                 col_scale, col_bias, bias, attrs):
         a = dict(zip(INT_ATTRS, (int(v) for v in attrs)))
-        given = dict(res_indices=res_indices, res_codebook=res_codebook, outlier_indices=outlier_indices,
-                     outlier_codebook=outlier_codebook, col_scale=col_scale, col_bias=col_bias, bias=bias,
-                     indices=indices, codebook=codebook, perm=perm)
+        given = dict(zip(WEIGHT_NAMES, (indices, codebook, perm, res_indices, res_codebook, outlier_indices,
+                                        outlier_codebook, col_scale, col_bias, bias)))
         inputs = [given[n] for n in op.input_names(a)]
         return vq.VQGemm(x, *inputs, **a, plugin_version=op.PLUGIN_VERSION)
 
