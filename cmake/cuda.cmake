@@ -1,0 +1,93 @@
+# CUDA for the kernels in plugins/core and the adapters around them.
+#
+# VQ2TRT_WITH_CUDA: ON, OFF or AUTO (ON when a CUDA compiler is found).
+# VQ2TRT_CUDA_ARCH: a preset name or an explicit CMAKE_CUDA_ARCHITECTURES list ("90", "87;110").
+#   datacenter   sm_80 (A100), 86 (A10/A40), 89 (L4/L40), 90 (H100/H200), 100 (B200), 120 (RTX PRO 6000 Blackwell)
+#   jetson-orin  sm_87: JetPack 6.1/6.2 = CUDA 12.6 + TensorRT 10.3
+#   jetson-thor  sm_110 under CUDA 13 (JetPack 7, TensorRT 10.13); sm_101 under CUDA 12.8/12.9
+#   ci           sm_90 only: compile-checks every kernel once, quickly
+#   native       the GPU of the building machine
+# Every listed architecture gets SASS; the newest also gets PTX so later GPUs can JIT it.
+include(CheckLanguage)
+
+set(VQ2TRT_CUDA_ARCH "datacenter" CACHE STRING "CUDA architecture preset or list (see cmake/cuda.cmake)")
+
+function(vq2trt_resolve_cuda_arch out)
+  set(arch "${VQ2TRT_CUDA_ARCH}")
+  set(v "${CMAKE_CUDA_COMPILER_VERSION}")
+  if(arch STREQUAL "datacenter")
+    set(list 80 86 89 90)
+    if(v VERSION_GREATER_EQUAL 12.8)
+      list(APPEND list 100 120)
+    else()
+      message(WARNING "CUDA ${v} < 12.8 cannot target sm_100/sm_120; building ${list} only")
+    endif()
+  elseif(arch STREQUAL "jetson-orin")
+    set(list 87)
+  elseif(arch STREQUAL "jetson-thor")
+    if(v VERSION_GREATER_EQUAL 13.0)
+      set(list 110)
+    elseif(v VERSION_GREATER_EQUAL 12.8)
+      set(list 101)
+    else()
+      message(FATAL_ERROR "jetson-thor needs CUDA >= 12.8 (JetPack 7 ships 13.0); found ${v}")
+    endif()
+  elseif(arch STREQUAL "ci")
+    set(list 90)
+  elseif(arch STREQUAL "native")
+    set(${out} native PARENT_SCOPE)
+    return()
+  else()
+    string(REPLACE "," ";" list "${arch}")
+    foreach(a IN LISTS list)
+      if(NOT a MATCHES "^[0-9]+[af]?$")
+        message(FATAL_ERROR "VQ2TRT_CUDA_ARCH: '${a}' is neither a preset (datacenter, jetson-orin, "
+                            "jetson-thor, ci, native) nor an SM number such as 90")
+      endif()
+    endforeach()
+  endif()
+  # The kernels use bf16 tensor cores (sm_80+); CUDA 13 itself stops at sm_75.
+  foreach(a IN LISTS list)
+    string(REGEX REPLACE "[af]$" "" n "${a}")
+    if(n LESS 80)
+      message(FATAL_ERROR "VQ2TRT_CUDA_ARCH: sm_${a} is below sm_80, the oldest GPU the kernels support")
+    endif()
+  endforeach()
+  list(POP_BACK list newest)
+  set(result "")
+  foreach(a IN LISTS list)
+    list(APPEND result "${a}-real")
+  endforeach()
+  list(APPEND result "${newest}")
+  set(${out} "${result}" PARENT_SCOPE)
+endfunction()
+
+set(VQ2TRT_WITH_CUDA "AUTO" CACHE STRING "Build the CUDA kernels: ON, OFF or AUTO")
+if(VQ2TRT_WITH_CUDA STREQUAL "AUTO")
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(VQ2TRT_CUDA ON)
+  else()
+    set(VQ2TRT_CUDA OFF)
+    message(STATUS "No CUDA compiler found: building without the CUDA kernels and the TensorRT plugin")
+  endif()
+elseif(VQ2TRT_WITH_CUDA)
+  set(VQ2TRT_CUDA ON)
+else()
+  set(VQ2TRT_CUDA OFF)
+endif()
+
+if(VQ2TRT_CUDA)
+  if(NOT CMAKE_CUDA_ARCHITECTURES)
+    # enable_language() compiles a test program; CMake's own default (sm_52) is too old for
+    # CUDA 13, so give it one every supported toolkit accepts. The real list is set right after.
+    set(CMAKE_CUDA_ARCHITECTURES 90)
+  endif()
+  enable_language(CUDA)
+  find_package(CUDAToolkit REQUIRED)
+  vq2trt_resolve_cuda_arch(archs)
+  set(CMAKE_CUDA_ARCHITECTURES "${archs}")
+  set(CMAKE_CUDA_STANDARD 17)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  message(STATUS "CUDA ${CMAKE_CUDA_COMPILER_VERSION}: architectures ${CMAKE_CUDA_ARCHITECTURES} (VQ2TRT_CUDA_ARCH=${VQ2TRT_CUDA_ARCH})")
+endif()
