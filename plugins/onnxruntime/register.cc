@@ -3,7 +3,7 @@
 #include <mutex>
 
 #include "vqgemm_op.h"
-#include "vqgemm_schema.h"
+#include "vq2trt/op_schema.h"
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
@@ -18,7 +18,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     static std::once_flag once;
     std::call_once(once, [] {
       static vq2trt::ort::VQGemmOp op;
-      domain = new Ort::CustomOpDomain(vq2trt::ort::kDomain);
+      domain = new Ort::CustomOpDomain(vq2trt::kDomain);
       domain->Add(&op);
     });
     Ort::UnownedSessionOptions(options).Add(*domain);

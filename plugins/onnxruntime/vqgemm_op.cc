@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "vqgemm_schema.h"
+#include "vq2trt/op_schema.h"
 
 namespace vq2trt::ort {
 namespace {

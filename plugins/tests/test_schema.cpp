@@ -1,5 +1,5 @@
 // export/vqgemm_op.json (the op contract) against the names the ORT op registers with
-// (plugins/onnxruntime/vqgemm_schema.h). Plain string scanning: no JSON library needed for a
+// (plugins/core/include/vq2trt/op_schema.h). Plain string scanning: no JSON library needed for a
 // file whose "inputs" and "attributes" are lists of objects with a "name" field.
 #include <cstdio>
 #include <fstream>
@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "vqgemm_schema.h"
+#include "vq2trt/op_schema.h"
 
 namespace {
 
@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
   std::stringstream ss;
   ss << f.rdbuf();
   const std::string json = ss.str();
-  using namespace vq2trt::ort;
+  using namespace vq2trt;
   int failures = 0;
   auto expect = [&](bool ok, const std::string& what) {
     if (!ok) {

@@ -1,10 +1,11 @@
-// The op's registration names, in one place: the op reads its attributes from these lists and
-// plugins/tests/test_schema.cpp checks them against export/vqgemm_op.json. No ORT types here.
+// The op's names in one place, shared by the ORT op (registration, attributes) and the TensorRT
+// plugin (creator name/version, field list); plugins/tests/test_schema.cpp checks them against
+// export/vqgemm_op.json. No runtime types here.
 #pragma once
 
 #include <cstddef>
 
-namespace vq2trt::ort {
+namespace vq2trt {
 
 inline constexpr const char* kDomain = "vq2trt";
 inline constexpr const char* kOpName = "VQGemm";
@@ -25,4 +26,4 @@ inline constexpr const char* kIntAttributes[] = {
     "normalized", "has_bias", "accuracy_level"};
 inline constexpr const char* kStringAttributes[] = {"plugin_version"};
 
-}  // namespace vq2trt::ort
+}  // namespace vq2trt
