@@ -3,6 +3,9 @@
 #include <mutex>
 
 #include "vqgemm_op.h"
+#if defined(VQ2TRT_ORT_CUDA)
+#include "vqgemm_cuda_op.h"
+#endif
 #include "vq2trt/op_schema.h"
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
@@ -20,6 +23,11 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       static vq2trt::ort::VQGemmOp op;
       domain = new Ort::CustomOpDomain(vq2trt::kDomain);
       domain->Add(&op);
+#if defined(VQ2TRT_ORT_CUDA)
+      // Same name, other provider: ORT picks the kernel of the EP the node is assigned to.
+      static vq2trt::ort::VQGemmCudaOp cuda_op;
+      domain->Add(&cuda_op);
+#endif
     });
     Ort::UnownedSessionOptions(options).Add(*domain);
     return nullptr;

@@ -20,9 +20,6 @@ struct VQGemmKernel {
 
  private:
   void Compute(Ort::KernelContext& ctx);
-  // The weight inputs values[first...] as a VQGemmDesc; their data pointers go to *key.
-  VQGemmDesc describe(const std::vector<Ort::ConstValue>& values, size_t first,
-                      std::vector<const void*>* key) const;
   std::shared_ptr<const Prepacked> weight(const VQGemmDesc& desc, const std::vector<const void*>& key);
 
   VQGemmDims dims_;

@@ -1,0 +1,59 @@
+// What the CPU and CUDA VQGemm ops share: reading the node's attributes, checking its inputs
+// against them (at session creation and on every call), shape inference, the input type table,
+// and describing the weight inputs as a VQGemmDesc. Errors are thrown as Ort::Exception.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include "vq2trt/format.h"
+
+namespace vq2trt::ort {
+
+struct InputInfo {
+  ONNXTensorElementDataType type;
+  std::vector<int64_t> shape;  // -1: unknown (shape inference only)
+};
+
+[[noreturn]] void fail(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT);
+OrtStatusPtr to_status(OrtErrorCode code, const char* msg);
+
+// Calls fn() and turns what it throws into an OrtStatus (nullptr on success).
+template <typename Fn>
+OrtStatusPtr status_of(Fn&& fn) noexcept {
+  try {
+    fn();
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return to_status(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return to_status(ORT_FAIL, (std::string("VQGemm: ") + e.what()).c_str());
+  }
+}
+
+// The node's attributes (kernel construction): dims, accuracy_level and plugin_version checked.
+void read_kernel_attributes(const OrtApi& api, const OrtKernelInfo* info, VQGemmDims* dims, int* accuracy_level);
+// The node's input types and shapes as the kernel info states them (before any call).
+std::vector<InputInfo> kernel_input_infos(const OrtKernelInfo* info);
+// The node's inputs against what the attributes call for (count, dtypes, shapes, X's last dim).
+void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in);
+// A call's inputs: values (X first) and their types/shapes, checked against the attributes.
+void call_inputs(Ort::KernelContext& ctx, const VQGemmDims& d, std::vector<Ort::ConstValue>* values,
+                 std::vector<InputInfo>* infos);
+// The weight inputs values[first...] (in weight_input_specs order) as a VQGemmDesc; their data
+// pointers are appended to *key (a cache key: same pointers, same weight).
+VQGemmDesc describe(const VQGemmDims& d, const std::vector<Ort::ConstValue>& values, size_t first,
+                    std::vector<const void*>* key);
+DType x_dtype(ONNXTensorElementDataType t);
+
+// Shape and dtype inference, shared by both ops (OrtCustomOp::InferOutputShapeFn).
+OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept;
+// Input type table: X and the optional inputs are typed per node.
+ONNXTensorElementDataType input_type(size_t index);
+OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index);
+
+}  // namespace vq2trt::ort
