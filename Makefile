@@ -12,6 +12,9 @@ QUANT    := $(OUT)/smollm2-$(DEMO_CONFIG)
 ONNX     := $(QUANT)-onnx
 FLOAT_ONNX := $(OUT)/smollm2-float-onnx
 THREADS  ?= 2
+# CUDA targets of `make plugins` (cmake/cuda.cmake): one architecture keeps CI's compile short;
+# `make plugins CUDA_ARCH=datacenter` (or jetson-orin, jetson-thor, native, "90;120") for deployment.
+CUDA_ARCH ?= ci
 
 .PHONY: demo test install model lint clean plugins
 
@@ -43,9 +46,11 @@ demo: install model plugins
 test: install plugins
 	$(BIN)/python -m pytest -q tests
 
-# The C++ side: libvq2trt_ort.so (ORT headers fetched into build/ on first configure) + ctest.
+# The C++ side: libvq2trt_ort.so (CPU, plus the CUDA EP kernel when nvcc is found), the TensorRT
+# plugin libvq2trt_trt.so (with CUDA), ctest. ORT and TensorRT headers are fetched into build/
+# on first configure.
 plugins:
-	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DVQ2TRT_CUDA_ARCH='$(CUDA_ARCH)'
 	cmake --build build -j2
 	cd build && ctest --output-on-failure
 

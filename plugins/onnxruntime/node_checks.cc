@@ -176,27 +176,9 @@ void call_inputs(Ort::KernelContext& ctx, const VQGemmDims& d, std::vector<Ort::
 
 VQGemmDesc describe(const VQGemmDims& d, const std::vector<Ort::ConstValue>& values, size_t first,
                     std::vector<const void*>* key) {
-  VQGemmDesc w;
-  w.dims = d;
-  const std::vector<TensorSpec> specs = weight_input_specs(d);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const void* p = values[first + i].GetTensorRawData();
-    key->push_back(p);
-    const std::string name = specs[i].name;
-    auto i32 = static_cast<const int32_t*>(p);
-    auto f16 = static_cast<const uint16_t*>(p);
-    if (name == "indices") w.indices = i32;
-    else if (name == "codebook") w.codebook = f16;
-    else if (name == "perm") w.perm = i32;
-    else if (name == "res_indices") w.res_indices = i32;
-    else if (name == "res_codebook") w.res_codebook = f16;
-    else if (name == "outlier_indices") w.outlier_indices = i32;
-    else if (name == "outlier_codebook") w.outlier_codebook = f16;
-    else if (name == "col_scale") w.col_scale = f16;
-    else if (name == "col_bias") w.col_bias = f16;
-    else if (name == "bias") w.bias = static_cast<const float*>(p);
-  }
-  return w;
+  const size_t start = key->size();
+  for (size_t i = first; i < values.size(); ++i) key->push_back(values[i].GetTensorRawData());
+  return describe_weight_inputs(d, key->data() + start);
 }
 
 DType x_dtype(ONNXTensorElementDataType t) {

@@ -47,6 +47,29 @@ std::vector<TensorSpec> weight_input_specs(const VQGemmDims& d) {
   return s;
 }
 
+VQGemmDesc describe_weight_inputs(const VQGemmDims& d, const void* const* inputs) {
+  VQGemmDesc w;
+  w.dims = d;
+  const std::vector<TensorSpec> specs = weight_input_specs(d);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const std::string name = specs[i].name;
+    const void* p = inputs[i];
+    auto i32 = static_cast<const int32_t*>(p);
+    auto f16 = static_cast<const uint16_t*>(p);
+    if (name == "indices") w.indices = i32;
+    else if (name == "codebook") w.codebook = f16;
+    else if (name == "perm") w.perm = i32;
+    else if (name == "res_indices") w.res_indices = i32;
+    else if (name == "res_codebook") w.res_codebook = f16;
+    else if (name == "outlier_indices") w.outlier_indices = i32;
+    else if (name == "outlier_codebook") w.outlier_codebook = f16;
+    else if (name == "col_scale") w.col_scale = f16;
+    else if (name == "col_bias") w.col_bias = f16;
+    else if (name == "bias") w.bias = static_cast<const float*>(p);
+  }
+  return w;
+}
+
 std::string validate_dims(const VQGemmDims& d) {
   // Sizes above 2^31 would overflow the int32 words a row is addressed with; no Linear is that big.
   constexpr int64_t kMaxDim = int64_t(1) << 31;

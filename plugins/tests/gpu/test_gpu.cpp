@@ -80,19 +80,14 @@ struct DeviceWeightCopy {
     desc.col_scale = static_cast<const uint16_t*>(put(w.col_scale));
     desc.col_bias = static_cast<const uint16_t*>(put(w.col_bias));
     desc.bias = static_cast<const float*>(put(w.bias));
-    for (const TensorSpec& s : weight_input_specs(desc.dims)) {
-      const std::string n = s.name;
-      inputs.push_back(n == "indices" ? static_cast<const void*>(desc.indices)
-                       : n == "codebook" ? static_cast<const void*>(desc.codebook)
-                       : n == "perm" ? static_cast<const void*>(desc.perm)
-                       : n == "res_indices" ? static_cast<const void*>(desc.res_indices)
-                       : n == "res_codebook" ? static_cast<const void*>(desc.res_codebook)
-                       : n == "outlier_indices" ? static_cast<const void*>(desc.outlier_indices)
-                       : n == "outlier_codebook" ? static_cast<const void*>(desc.outlier_codebook)
-                       : n == "col_scale" ? static_cast<const void*>(desc.col_scale)
-                       : n == "col_bias" ? static_cast<const void*>(desc.col_bias)
-                                         : static_cast<const void*>(desc.bias));
-    }
+    // Node order, as an adapter receives them; mapping back must give the same desc.
+    const std::string n_order[] = {"indices", "codebook", "perm", "res_indices", "res_codebook", "outlier_indices",
+                                   "outlier_codebook", "col_scale", "col_bias", "bias"};
+    const void* by_name[] = {desc.indices, desc.codebook, desc.perm, desc.res_indices, desc.res_codebook,
+                             desc.outlier_indices, desc.outlier_codebook, desc.col_scale, desc.col_bias, desc.bias};
+    for (const TensorSpec& s : weight_input_specs(desc.dims))
+      for (size_t i = 0; i < 10; ++i)
+        if (n_order[i] == s.name) inputs.push_back(by_name[i]);
   }
 };
 
@@ -204,8 +199,8 @@ double run_plugin(const Case& c, const DeviceWeightCopy& w, DType t, int64_t M, 
   }
   out = in[0];
   out.dims.d[out.dims.nbDims - 1] = c.dims.N;
-  for (size_t i = 0; i < in.size(); ++i) din[i] = {in[i], in[i].dims, in[i].dims};
-  nvinfer1::DynamicPluginTensorDesc dout{out, out.dims, out.dims};
+  for (size_t i = 0; i < in.size(); ++i) din[i] = {in[i], in[i].dims, in[i].dims, in[i].dims};
+  nvinfer1::DynamicPluginTensorDesc dout{out, out.dims, out.dims, out.dims};
   if (plugin.onShapeChange(in.data(), int32_t(in.size()), &out, 1) != 0) {
     *error = "onShapeChange rejected the shapes";
     return -1;

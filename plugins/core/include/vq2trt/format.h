@@ -55,6 +55,9 @@ struct TensorSpec {
   std::vector<int64_t> shape;
 };
 std::vector<TensorSpec> weight_input_specs(const VQGemmDims& d);
+// The weight described by the node's weight inputs (data pointers in weight_input_specs order,
+// i.e. the node's inputs after X): every adapter maps its inputs through this one function.
+VQGemmDesc describe_weight_inputs(const VQGemmDims& d, const void* const* inputs);
 
 // Empty string when the dims describe a valid weight (limits of docs/format.md §3), else why not.
 std::string validate_dims(const VQGemmDims& d);
