@@ -9,9 +9,18 @@ Graph interface (names follow the ONNX Runtime GenAI convention):
   input_ids        int64  [batch, seq]
   attention_mask   int64  [batch, past + seq]    1 = attend, 0 = padding
   position_ids     int64  [batch, seq]
-  past_key_values.{i}.key / .value   float32 [batch, kv_heads, past, head_dim]
+  past_key_values.{i}.key / .value   DT [batch, kv_heads, past, head_dim]
   logits           float32 [batch, seq, vocab]
-  present.{i}.key / .value           float32 [batch, kv_heads, past + seq, head_dim]
+  present.{i}.key / .value           DT [batch, kv_heads, past + seq, head_dim]
+
+DT is the compute dtype (`dtype`: float32 by default, float16 or bfloat16), so that TensorRT can
+build a strongly typed engine from the graph. In DT: hidden states, float weights (embeddings,
+norms, unquantized Linears), VQGemm X/Y, rotary cos/sin and the KV cache. RMSNorm's variance
+(HF's own module) and the masked softmax compute in float32 and cast back, as HF does; the mask
+is float32 and added to float32 scores, so no masked score overflows to -inf. VQGemm weight inputs
+keep their stored dtypes (int32 indices, fp16 codebooks, fp32 bias). Logits are always float32
+(cast at the end) so that perplexity and sampling downstream are unchanged. With float32 no cast
+is emitted: the graph is the one exported before `dtype` existed.
 """
 
 from __future__ import annotations
@@ -25,9 +34,31 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """torch dtype of a compute dtype given by name ("float16") or as a torch dtype."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"export dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return DTYPES[dtype]
+    if dtype not in DTYPES.values():
+        raise ValueError(f"export dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+    return dtype
+
+
 class ExportDecoder(nn.Module):
-    def __init__(self, hf_model: nn.Module):
+    """``dtype`` other than float32 casts the float parameters of ``hf_model`` IN PLACE (pass a
+    copy, as onnx_export.prepare does); VQGemmLinear buffers are left as stored."""
+
+    def __init__(self, hf_model: nn.Module, dtype: str | torch.dtype = torch.float32):
         super().__init__()
+        self.dtype = resolve_dtype(dtype)
+        if self.dtype != torch.float32:
+            for p in hf_model.parameters():          # VQGemmLinear holds buffers only: untouched
+                if p.is_floating_point():
+                    p.data = p.data.to(self.dtype)
         cfg = hf_model.config
         inner = hf_model.model
         self.embed_tokens, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
@@ -60,8 +91,11 @@ class ExportDecoder(nn.Module):
         rep = self.num_heads // self.num_kv_heads
         kr = k.repeat_interleave(rep, dim=1)                         # [B, H, T, d]
         vr = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, kr.transpose(2, 3)) * (self.head_dim ** -0.5) + mask   # [B, H, S, T]
-        probs = torch.softmax(scores, dim=-1)
+        scores = torch.matmul(q, kr.transpose(2, 3)) * (self.head_dim ** -0.5)           # [B, H, S, T]
+        if self.dtype == torch.float32:
+            probs = torch.softmax(scores + mask, dim=-1)
+        else:   # mask and softmax in float32 (finite masked scores, HF's softmax precision)
+            probs = torch.softmax(scores.float() + mask, dim=-1).to(self.dtype)
         out = torch.matmul(probs, vr).transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)
         return attn.o_proj(out), k, v
 
@@ -72,6 +106,8 @@ class ExportDecoder(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         cos = (emb.cos() * self.attention_scaling)[:, None]          # [B, 1, S, d]
         sin = (emb.sin() * self.attention_scaling)[:, None]
+        if self.dtype != torch.float32:
+            cos, sin = cos.to(self.dtype), sin.to(self.dtype)
         # query i sits at absolute index T - S + i; it may see key j <= that index if unmasked
         q_idx = torch.arange(S, device=h.device)[:, None] + (T - S)
         causal = torch.arange(T, device=h.device)[None, :] <= q_idx                  # [S, T]
@@ -85,8 +121,12 @@ class ExportDecoder(nn.Module):
             h = h + layer.mlp(layer.post_attention_layernorm(h))
             presents += [k, v]
         logits = self.lm_head(self.norm(h))
+        if self.dtype != torch.float32:
+            logits = logits.float()
         return (logits, *presents)
 
-    def empty_past(self, batch: int, length: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
+    def empty_past(self, batch: int, length: int = 0, dtype=None) -> list[torch.Tensor]:
+        """Zero key/values in the compute dtype (or ``dtype``)."""
         shape = (batch, self.num_kv_heads, length, self.head_dim)
+        dtype = self.dtype if dtype is None else dtype
         return [torch.zeros(shape, dtype=dtype) for _ in range(2 * self.num_layers)]

@@ -2,7 +2,9 @@
 
 Every VQGemm node is checked against export/vqgemm_op.json (domain, attributes, input count and
 dtypes); the graph is cleaned and sorted with onnx-graphsurgeon, then `onnx.checker` runs with
-full shape inference. Only a graph that passes is written, into a folder that appears whole.
+full shape inference, and the element types are checked against the decoder's compute dtype (every
+VQGemm X/Y, past/present key-values; logits float32). Only a graph that passes is written, into a
+folder that appears whole.
 """
 
 from __future__ import annotations
@@ -81,7 +83,40 @@ def finalize(proto, decoder, *, expect_vqgemm: int | None = None):
         onnx.checker.check_model(out, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"exported graph fails the ONNX checker: {e}") from e
+    check_dtypes(out, decoder)
     return out
+
+
+def dtype_name(decoder) -> str:
+    """The decoder's compute dtype by name ("float32", "float16", "bfloat16")."""
+    return str(decoder.dtype).removeprefix("torch.")
+
+
+def check_dtypes(proto, decoder) -> None:
+    """Element types of a shape-inferred proto: VQGemm X and Y, past_key_values.* and present.* in
+    the decoder's compute dtype, logits float32 (a strongly typed TensorRT build takes them as is)."""
+    import onnx
+
+    T = onnx.TensorProto
+    want = {"float32": T.FLOAT, "float16": T.FLOAT16, "bfloat16": T.BFLOAT16}[dtype_name(decoder)]
+    g = proto.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    label = onnx.TensorProto.DataType.Name
+
+    def expect(name: str, elem: int, what: str) -> None:
+        got = types.get(name)
+        if got != elem:
+            raise ExportError(f"{what} '{name}' is {label(got) if got else 'untyped'}, expected {label(elem)}")
+
+    expect("logits", T.FLOAT, "output")
+    for name in decoder.input_names()[3:]:
+        expect(name, want, "input")
+    for name in decoder.output_names()[1:]:
+        expect(name, want, "output")
+    for node in g.node:
+        if node.op_type == op.OP_TYPE and node.domain == op.DOMAIN:
+            expect(node.input[0], want, f"VQGemm node '{node.name}': X")
+            expect(node.output[0], want, f"VQGemm node '{node.name}': Y")
 
 
 def model_info(model, decoder, *, quantized: bool, accuracy_level: int, source: str | None) -> dict:
@@ -89,7 +124,7 @@ def model_info(model, decoder, *, quantized: bool, accuracy_level: int, source: 
     eos = getattr(cfg, "eos_token_id", None)
     return {
         "format": "vq2trt-onnx", "version": 1, "model_type": cfg.model_type, "quantized": quantized,
-        "accuracy_level": accuracy_level, "num_layers": decoder.num_layers,
+        "accuracy_level": accuracy_level, "dtype": dtype_name(decoder), "num_layers": decoder.num_layers,
         "num_key_value_heads": decoder.num_kv_heads, "head_dim": decoder.head_dim,
         "vocab_size": cfg.vocab_size, "eos_token_id": eos, "bos_token_id": getattr(cfg, "bos_token_id", None),
         "source": source, "inputs": decoder.input_names(), "outputs": decoder.output_names(),

@@ -3,6 +3,9 @@
 Quantized Linears (VQLinear) become VQGemm nodes through the `vq2trt::vq_gemm` custom op and an
 onnxscript translation; everything else is standard ONNX. The result goes through graph checks
 (graph.py) and `onnx.checker` with full shape inference before anything is written.
+
+``dtype`` (float32 default, float16, bfloat16) is the graph's compute dtype (decoder.py says what
+runs in it); it is recorded in vq2trt_onnx.json as "dtype".
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from torch import nn
 
 from vq2trt.export import op
-from vq2trt.export.decoder import ExportDecoder
+from vq2trt.export.decoder import ExportDecoder, resolve_dtype
 from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
 from vq2trt.nn import VQLinear, replace_linear
 
@@ -41,13 +44,14 @@ def _translation():
     return {torch.ops.vq2trt.vq_gemm.default: vq_gemm}
 
 
-def prepare(model: nn.Module, accuracy_level: int = 0) -> ExportDecoder:
-    """A copy of ``model`` with every VQLinear swapped for its export twin, in the KV-cache decoder."""
+def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype = "float32") -> ExportDecoder:
+    """A copy of ``model`` with every VQLinear swapped for its export twin, in the KV-cache decoder
+    computing in ``dtype`` (the copy's float parameters cast; the caller's model is untouched)."""
     model = copy.deepcopy(model)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, VQLinear):
             replace_linear(model, name, VQGemmLinear(mod.to_vqweight(), accuracy_level))
-    return ExportDecoder(model).eval()
+    return ExportDecoder(model, dtype).eval()
 
 
 def _sample_inputs(dec: ExportDecoder, batch: int = 2, seq: int = 3, past: int = 4):
@@ -69,13 +73,16 @@ def _dynamic_shapes(dec: ExportDecoder):
 
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
-                overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None) -> Path:
+                overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
+                dtype: str = "float32") -> Path:
     """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
 
-    ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`."""
+    ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`.
+    ``dtype``: compute dtype of the graph (float32, float16, bfloat16); logits stay float32."""
     from vq2trt.export.graph import finalize, write_folder
 
-    dec = prepare(model, accuracy_level)
+    resolve_dtype(dtype)                                   # a bad name fails before any work
+    dec = prepare(model, accuracy_level, dtype)
     args = _sample_inputs(dec)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -3,6 +3,8 @@ against the PyTorch reference model and, for information, against the float expo
 
 Polygraphy's `--onnxrt` command line cannot load a custom-op library (FACTS.md), so the ORT
 session is built here and handed to `OnnxrtRunner`. torch is imported only by the PyTorch runner.
+With ``trt`` a TensorRT engine (libvq2trt_trt.so loaded through polygraphy's `LoadPlugins`, the
+prefill and decode profiles of vq2trt.runtime.trt) joins the comparison; tensorrt is imported only then.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vq2trt.runtime.session import create_session, log_softmax, read_info
+from vq2trt.runtime.session import MODEL_FILE, create_session, log_softmax, read_info
 
 # accuracy_level 0: ORT's VQGemm and the PyTorch reference use the same fp16 codebooks and float32
 # arithmetic and differ only in summation order (~1e-6 relative per dot product); over 30 layers
@@ -129,12 +131,80 @@ def _distribution_gap(ra, rb) -> tuple[float, float]:
     return float(np.mean(kls)), float(np.mean(agree))
 
 
+TRT_NAME = "tensorrt+vq2trt"
+
+
+def _require_tensorrt():
+    """tensorrt and polygraphy's TensorRT backend, or a RunError saying what to install."""
+    from vq2trt.runtime.trt import TrtError
+
+    try:
+        import tensorrt  # noqa: F401
+        from polygraphy.backend.trt import TrtRunner  # noqa: F401
+    except (ImportError, OSError) as e:               # OSError: the package is there, libnvinfer is not
+        raise TrtError(f"`compare --trt` needs TensorRT's Python package and polygraphy ({e}): "
+                       "pip install tensorrt 'vq2trt[compare]' (on Jetson: JetPack's python3-libnvinfer)") from e
+
+
+def trt_runner(onnx_dir: str | Path, info: dict, engine: str | Path | None, *, max_seq: int, max_context: int,
+               precision: str = "fp32", plugin_library: str | Path | None = None):
+    """A polygraphy TrtRunner over the two-profile engine (``engine``: a file to load, or None to
+    build one sized for the comparison's feeds). It switches to the decode profile whenever the
+    feed carries a past."""
+    _require_tensorrt()
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromBytes,
+        EngineFromNetwork,
+        LoadPlugins,
+        NetworkFromOnnxPath,
+        Profile,
+        TrtRunner,
+    )
+
+    from vq2trt.runtime.library import get_trt_library_path
+    from vq2trt.runtime.trt import EngineShapes, layout, profiles, resolve_precision
+
+    lib = str(plugin_library or get_trt_library_path())
+    lay = layout(info)
+    if engine is not None:
+        load = LoadPlugins(plugins=[lib], obj=EngineFromBytes(BytesFromPath(str(engine))))
+    else:
+        prec = resolve_precision(lay.dtype, precision, None)
+        shapes = EngineShapes(max_batch=1, max_seq=max_seq, max_context=max_context, opt_seq=max_seq)
+        trt_profiles = []
+        for prof in profiles(lay, shapes).values():
+            p = Profile()
+            for name, (lo, opt, hi) in prof.items():
+                p.add(name, lo, opt, hi)
+            trt_profiles.append(p)
+        network = LoadPlugins(plugins=[lib], obj=NetworkFromOnnxPath(str(Path(onnx_dir) / MODEL_FILE),
+                                                                     strongly_typed=prec.strongly_typed))
+        config = CreateConfig(profiles=trt_profiles, tf32=False, fp16="FP16" in prec.builder_flags,
+                              bf16="BF16" in prec.builder_flags)
+        load = EngineFromNetwork(network, config=config)
+    first_past = next(n for n in lay.inputs if n.startswith("past_key_values."))
+
+    class TwoProfileRunner(TrtRunner):
+        def infer(self, feed_dict, *args, **kwargs):
+            self.set_profile(0 if feed_dict[first_past].shape[2] == 0 else 1)   # prefill : decode
+            return super().infer(feed_dict, *args, **kwargs)
+
+    return TwoProfileRunner(load, name=TRT_NAME)
+
+
 def compare(onnx_dir: str | Path, *, checkpoint: str | Path | None = None, float_onnx: str | Path | None = None,
-            prompt_ids: list[int] | None = None, decode_steps: int = 2, threads: int | None = None) -> list[PairResult]:
+            prompt_ids: list[int] | None = None, decode_steps: int = 2, threads: int | None = None,
+            trt: bool | str | Path = False, trt_precision: str = "fp32") -> list[PairResult]:
+    """``trt``: False (no TensorRT), True or "build" (build an engine for these feeds), or an
+    engine file built by `vq2trt build-engine` (prefill profile 0, decode profile 1)."""
+    info = read_info(onnx_dir)
+    if trt:
+        _require_tensorrt()                       # before any slow work
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
 
-    info = read_info(onnx_dir)
     level = int(info.get("accuracy_level", 0))
     prompt_ids = prompt_ids or [int(i) % int(info["vocab_size"]) for i in (1, 504, 3458, 282, 4649, 314)]
     feeds = feeds_for(info, prompt_ids, decode_steps)
@@ -144,6 +214,10 @@ def compare(onnx_dir: str | Path, *, checkpoint: str | Path | None = None, float
         runners.append(torch_runner(ckpt, info))
     if float_onnx:
         runners.append(OnnxrtRunner(create_session(float_onnx, threads=threads), name="onnxruntime-float"))
+    if trt:
+        engine = None if trt is True or trt == "build" else trt
+        runners.append(trt_runner(onnx_dir, info, engine, max_seq=len(prompt_ids),
+                                  max_context=len(prompt_ids) + decode_steps + 1, precision=trt_precision))
     results = Comparator.run(runners, data_loader=feeds)
     by_name = {name: [dict(f) for f in outs] for name, outs in results}
     outputs = ["logits"] + [n for n in info["outputs"] if n.startswith("present")]
@@ -161,4 +235,20 @@ def compare(onnx_dir: str | Path, *, checkpoint: str | Path | None = None, float
         a, b = by_name["onnxruntime+vq2trt"], by_name["onnxruntime-float"]
         rows.append(PairResult("onnxruntime+vq2trt", "onnxruntime-float", *_errors(a, b, ["logits"]),
                                *_distribution_gap(a, b), None))
+    if trt:
+        names = [name for name, _ in results]
+        t = names.index(TRT_NAME)
+        # judged against the PyTorch reference when there is one, else against ORT
+        for ref in (["pytorch-reference"] if ckpt else []) + ["onnxruntime+vq2trt"]:
+            a, b = by_name[TRT_NAME], by_name[ref]
+            kl, top1 = _distribution_gap(a, b)
+            judged = ref == ("pytorch-reference" if ckpt else "onnxruntime+vq2trt")
+            if not judged:
+                ok = None
+            elif trt_precision == "fp32" and level in TOLERANCES:
+                ok = bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(**TOLERANCES[level]),
+                                                      comparisons=[(t, names.index(ref))]))
+            else:
+                ok = kl <= KL_LIMIT          # fp16/bf16 engines: judged by what generation sees
+            rows.append(PairResult(TRT_NAME, ref, *_errors(a, b, outputs), kl, top1, ok))
     return rows

@@ -1,5 +1,12 @@
-"""Where the ONNX Runtime custom-op library (libvq2trt_ort.so, registering vq2trt.VQGemm) is, and
-SessionOptions with it registered. Imports onnxruntime only inside session_options()."""
+"""Where vq2trt's plugin libraries are, and ONNX Runtime SessionOptions with the custom-op library
+registered. Two libraries, one lookup:
+
+- libvq2trt_ort.so: registers the ONNX Runtime custom op vq2trt.VQGemm ($VQ2TRT_ORT_LIBRARY);
+- libvq2trt_trt.so: the TensorRT IPluginV3 plugin "VQGemm" version "1" ($VQ2TRT_TRT_LIBRARY).
+
+Each is looked up as: its environment variable if set, else the checkout's build/ folder
+(`make plugins`), else a copy installed inside this package. Imports onnxruntime only inside
+session_options(); nothing here imports tensorrt."""
 
 from __future__ import annotations
 
@@ -8,33 +15,54 @@ from pathlib import Path
 
 LIBRARY_NAME = "libvq2trt_ort.so"
 ENV_VAR = "VQ2TRT_ORT_LIBRARY"
+TRT_LIBRARY_NAME = "libvq2trt_trt.so"
+TRT_ENV_VAR = "VQ2TRT_TRT_LIBRARY"
 
 
 class LibraryNotFound(FileNotFoundError):
-    """The custom-op library is not built (or VQ2TRT_ORT_LIBRARY points nowhere)."""
+    """A plugin library is not built (or its environment variable points nowhere)."""
+
+
+def _default_places(build_subdir: str, name: str) -> list[Path]:
+    repo = Path(__file__).resolve().parents[2]
+    return [repo / "build" / "plugins" / build_subdir / name,    # `make plugins` in a checkout
+            Path(__file__).resolve().parent / name]              # a copy installed with the package
 
 
 def _candidates() -> list[Path]:
-    repo = Path(__file__).resolve().parents[2]
-    return [repo / "build" / "plugins" / "onnxruntime" / LIBRARY_NAME,  # `make plugins` in a checkout
-            Path(__file__).resolve().parent / LIBRARY_NAME]              # a copy installed with the package
+    return _default_places("onnxruntime", LIBRARY_NAME)
 
 
-def get_library_path() -> Path:
-    """The library: $VQ2TRT_ORT_LIBRARY if set, else the repository's build/ folder, else a copy
-    installed in this package."""
-    env = os.environ.get(ENV_VAR)
+def _trt_candidates() -> list[Path]:
+    return _default_places("tensorrt", TRT_LIBRARY_NAME)
+
+
+def _find(name: str, env_var: str, candidates: list[Path]) -> Path:
+    env = os.environ.get(env_var)
     if env:
         p = Path(env)
         if not p.is_file():
-            raise LibraryNotFound(f"{ENV_VAR}={env} is not a file; unset it or point it at {LIBRARY_NAME}")
+            raise LibraryNotFound(f"{env_var}={env} is not a file; unset it or point it at {name}")
         return p
-    for p in _candidates():
+    for p in candidates:
         if p.is_file():
             return p
-    looked = ", ".join(str(p) for p in _candidates())
-    raise LibraryNotFound(f"{LIBRARY_NAME} not found (looked in {looked}); build it with `make plugins` "
-                          f"or set {ENV_VAR}")
+    looked = ", ".join(str(p) for p in candidates)
+    raise LibraryNotFound(f"{name} not found (looked in {looked}); build it with `make plugins` "
+                          f"or set {env_var}")
+
+
+def get_library_path() -> Path:
+    """The ONNX Runtime custom-op library: $VQ2TRT_ORT_LIBRARY if set, else the repository's
+    build/ folder, else a copy installed in this package."""
+    return _find(LIBRARY_NAME, ENV_VAR, _candidates())
+
+
+def get_trt_library_path() -> Path:
+    """The TensorRT plugin library: $VQ2TRT_TRT_LIBRARY if set, else
+    build/plugins/tensorrt/libvq2trt_trt.so in the checkout, else a copy installed in this package.
+    `make plugins` builds it where CUDA and TensorRT's headers are found."""
+    return _find(TRT_LIBRARY_NAME, TRT_ENV_VAR, _trt_candidates())
 
 
 def session_options(*, intra_op_threads: int | None = None, sequential: bool = True,

@@ -21,6 +21,20 @@ class RunError(RuntimeError):
     """A model folder or input the runtime cannot use; the message names it."""
 
 
+def kv_dtype(info: dict) -> np.dtype:
+    """numpy dtype of the KV cache of an export (its info "dtype"; float32 for older exports)."""
+    name = info.get("dtype", "float32")
+    if name == "bfloat16":   # numpy has no bfloat16 (and ONNX Runtime's CPU EP no bf16 kernels for most ops)
+        try:
+            import ml_dtypes
+        except ImportError as e:
+            raise RunError("a bfloat16 export needs ml_dtypes for its KV cache: pip install ml_dtypes") from e
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in ("float32", "float16"):
+        raise RunError(f"{INFO_FILE}: dtype {name!r} is not float32, float16 or bfloat16")
+    return np.dtype(name)
+
+
 def read_info(onnx_dir: str | Path) -> dict:
     d = Path(onnx_dir)
     if not (d / MODEL_FILE).is_file():
@@ -77,9 +91,10 @@ class OnnxDecoder:
         self.session = session if session is not None else create_session(onnx_dir, threads=threads)
         self.num_layers = int(self.info["num_layers"])
         self.kv_heads, self.head_dim = int(self.info["num_key_value_heads"]), int(self.info["head_dim"])
+        self.kv_dtype = kv_dtype(self.info)      # past/present key-values; logits are float32 always
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
-        z = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        z = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype)
         return [z] * (2 * self.num_layers)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
@@ -88,7 +103,8 @@ class OnnxDecoder:
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": attention_mask.astype(np.int64),
                  "position_ids": position_ids.astype(np.int64)}
         for i in range(self.num_layers):
-            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
+            feeds[f"past_key_values.{i}.key"] = np.asarray(past[2 * i], self.kv_dtype)  # no copy if already so
+            feeds[f"past_key_values.{i}.value"] = np.asarray(past[2 * i + 1], self.kv_dtype)
         out = self.session.run(None, feeds)
         return out[0], out[1:]
 
