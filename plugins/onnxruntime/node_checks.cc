@@ -181,6 +181,13 @@ VQGemmDesc describe(const VQGemmDims& d, const std::vector<Ort::ConstValue>& val
   return describe_weight_inputs(d, key->data() + start);
 }
 
+Ort::UnownedValue output(Ort::KernelContext& ctx, std::vector<int64_t> x_shape, int64_t N, int64_t* rows) {
+  *rows = 1;
+  for (size_t i = 0; i + 1 < x_shape.size(); ++i) *rows *= x_shape[i];
+  x_shape.back() = N;
+  return ctx.GetOutput(0, x_shape.data(), x_shape.size());
+}
+
 DType x_dtype(ONNXTensorElementDataType t) {
   return t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT     ? DType::kFloat32
          : t == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? DType::kFloat16

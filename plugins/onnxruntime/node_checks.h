@@ -11,6 +11,7 @@
 #undef ORT_API_MANUAL_INIT
 
 #include "vq2trt/format.h"
+#include "vq2trt/op_schema.h"
 
 namespace vq2trt::ort {
 
@@ -49,11 +50,31 @@ void call_inputs(Ort::KernelContext& ctx, const VQGemmDims& d, std::vector<Ort::
 VQGemmDesc describe(const VQGemmDims& d, const std::vector<Ort::ConstValue>& values, size_t first,
                     std::vector<const void*>* key);
 DType x_dtype(ONNXTensorElementDataType t);
+// Allocates Y = X's shape with the last dim N; *rows = the product of X's leading dims.
+Ort::UnownedValue output(Ort::KernelContext& ctx, std::vector<int64_t> x_shape, int64_t N, int64_t* rows);
 
 // Shape and dtype inference, shared by both ops (OrtCustomOp::InferOutputShapeFn).
 OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept;
 // Input type table: X and the optional inputs are typed per node.
 ONNXTensorElementDataType input_type(size_t index);
 OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index);
+
+// Everything the CPU and CUDA ops declare alike (name, input/output table, shape inference,
+// kernel creation); each op adds only its execution provider.
+template <typename Op, typename Kernel>
+struct VQGemmOpBase : Ort::CustomOpBase<Op, Kernel, /*WithStatus=*/true> {
+  VQGemmOpBase() { OrtCustomOp::InferOutputShapeFn = infer_shape; }
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    return status_of([&] { *kernel = new Kernel(api, info); });
+  }
+  const char* GetName() const { return kOpName; }
+  size_t GetInputTypeCount() const { return kNumInputs; }
+  ONNXTensorElementDataType GetInputType(size_t index) const { return input_type(index); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return input_characteristic(index);
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
+};
 
 }  // namespace vq2trt::ort

@@ -34,11 +34,8 @@ void VQGemmCudaKernel::Compute(Ort::KernelContext& ctx) {
       checked_ = key;
     }
   }
-  std::vector<int64_t> y_shape = in[0].shape;
-  int64_t M = 1;
-  for (size_t i = 0; i + 1 < y_shape.size(); ++i) M *= y_shape[i];
-  y_shape.back() = dims_.N;
-  Ort::UnownedValue y = ctx.GetOutput(0, y_shape.data(), y_shape.size());
+  int64_t M = 0;
+  Ort::UnownedValue y = output(ctx, in[0].shape, dims_.N, &M);
   if (M == 0) return;
   const DType xt = x_dtype(in[0].type);
   const size_t bytes = cuda::workspace_size(dims_, M, xt);
@@ -61,20 +58,6 @@ OrtStatusPtr VQGemmCudaKernel::ComputeV2(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
     Compute(ctx);
   });
-}
-
-VQGemmCudaOp::VQGemmCudaOp() { OrtCustomOp::InferOutputShapeFn = infer_shape; }
-
-OrtStatusPtr VQGemmCudaOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return status_of([&] { *kernel = new VQGemmCudaKernel(api, info); });
-}
-
-size_t VQGemmCudaOp::GetInputTypeCount() const { return kNumInputs; }
-
-ONNXTensorElementDataType VQGemmCudaOp::GetInputType(size_t index) const { return input_type(index); }
-
-OrtCustomOpInputOutputCharacteristic VQGemmCudaOp::GetInputCharacteristic(size_t index) const {
-  return input_characteristic(index);
 }
 
 }  // namespace vq2trt::ort

@@ -8,6 +8,7 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include "node_checks.h"
 #include "vq2trt/format.h"
 
 namespace vq2trt::ort {
@@ -24,16 +25,8 @@ struct VQGemmCudaKernel {
   std::vector<const void*> checked_;  // device pointers of the weight validated last
 };
 
-struct VQGemmCudaOp : Ort::CustomOpBase<VQGemmCudaOp, VQGemmCudaKernel, /*WithStatus=*/true> {
-  VQGemmCudaOp();
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-  const char* GetName() const { return "VQGemm"; }
+struct VQGemmCudaOp : VQGemmOpBase<VQGemmCudaOp, VQGemmCudaKernel> {
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  size_t GetInputTypeCount() const;
-  ONNXTensorElementDataType GetInputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
 };
 
 }  // namespace vq2trt::ort

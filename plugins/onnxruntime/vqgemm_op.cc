@@ -61,11 +61,8 @@ void VQGemmKernel::Compute(Ort::KernelContext& ctx) {
   std::vector<const void*> key;
   const VQGemmDesc w = describe(dims_, values, 1, &key);
   std::shared_ptr<const Prepacked> packed = weight(w, key);
-  std::vector<int64_t> y_shape = in[0].shape;
-  int64_t M = 1;
-  for (size_t i = 0; i + 1 < y_shape.size(); ++i) M *= y_shape[i];
-  y_shape.back() = dims_.N;
-  Ort::UnownedValue y = ctx.GetOutput(0, y_shape.data(), y_shape.size());
+  int64_t M = 0;
+  Ort::UnownedValue y = output(ctx, in[0].shape, dims_.N, &M);
   if (M == 0) return;
   const DType xt = x_dtype(in[0].type);
   ParallelFor par;
@@ -79,20 +76,6 @@ OrtStatusPtr VQGemmKernel::ComputeV2(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
     Compute(ctx);
   });
-}
-
-VQGemmOp::VQGemmOp() { OrtCustomOp::InferOutputShapeFn = infer_shape; }
-
-OrtStatusPtr VQGemmOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return status_of([&] { *kernel = new VQGemmKernel(api, info); });
-}
-
-size_t VQGemmOp::GetInputTypeCount() const { return kNumInputs; }
-
-ONNXTensorElementDataType VQGemmOp::GetInputType(size_t index) const { return input_type(index); }
-
-OrtCustomOpInputOutputCharacteristic VQGemmOp::GetInputCharacteristic(size_t index) const {
-  return input_characteristic(index);
 }
 
 }  // namespace vq2trt::ort

@@ -9,6 +9,7 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include "node_checks.h"
 #include "vq2trt/cpu_kernels.h"
 #include "vq2trt/format.h"
 
@@ -30,19 +31,8 @@ struct VQGemmKernel {
   std::shared_ptr<const Prepacked> cached_;
 };
 
-struct VQGemmOp : Ort::CustomOpBase<VQGemmOp, VQGemmKernel, /*WithStatus=*/true> {
-  VQGemmOp();
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-  const char* GetName() const { return kOpName_; }
+struct VQGemmOp : VQGemmOpBase<VQGemmOp, VQGemmKernel> {
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const;
-  ONNXTensorElementDataType GetInputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
-
- private:
-  static constexpr const char* kOpName_ = "VQGemm";
 };
 
 }  // namespace vq2trt::ort

@@ -111,6 +111,6 @@ def test_missing_plugin_library_exits_2(export_dir, monkeypatch, tmp_path, capsy
 def test_compare_trt_without_tensorrt_says_what_to_install(export_dir, no_tensorrt, capsys):
     assert main(["compare", str(export_dir), "--trt"]) == 2
     err = capsys.readouterr().err
-    assert "compare --trt" in err and "pip install tensorrt" in err
+    assert "compare --trt" in err and "pip install 'vq2trt[tensorrt]'" in err
     assert main(["compare", str(export_dir), "--trt", "some.engine"]) == 2
-    assert "pip install tensorrt" in capsys.readouterr().err
+    assert "pip install 'vq2trt[tensorrt]'" in capsys.readouterr().err

@@ -284,7 +284,7 @@ def test_build_engine_without_tensorrt_raises_with_the_command(tiny_export, monk
     monkeypatch.setenv(lib.TRT_ENV_VAR, str(so))
     monkeypatch.setitem(sys.modules, "tensorrt", None)                  # `import tensorrt` fails, always
     engine = tmp_path / "out.engine"
-    with pytest.raises(trt.TensorRTNotFound, match="pip install tensorrt") as e:
+    with pytest.raises(trt.TensorRTNotFound, match="vq2trt\\[tensorrt\\]") as e:
         trt.build_engine(tiny_export, engine, target="jetson-orin", precision="fp16", log=lambda *_: None)
     assert e.value.command == trt.trtexec_command(tiny_export, engine, plugin_library=so, target="jetson-orin",
                                                   precision="fp16")

@@ -143,7 +143,7 @@ def _require_tensorrt():
         from polygraphy.backend.trt import TrtRunner  # noqa: F401
     except (ImportError, OSError) as e:               # OSError: the package is there, libnvinfer is not
         raise TrtError(f"`compare --trt` needs TensorRT's Python package and polygraphy ({e}): "
-                       "pip install tensorrt 'vq2trt[compare]' (on Jetson: JetPack's python3-libnvinfer)") from e
+                       "pip install 'vq2trt[tensorrt]' (on Jetson: JetPack's python3-libnvinfer)") from e
 
 
 def trt_runner(onnx_dir: str | Path, info: dict, engine: str | Path | None, *, max_seq: int, max_context: int,

@@ -46,7 +46,7 @@ class TensorRTNotFound(TrtError):
         self.command = command
         super().__init__("TensorRT's Python package is not importable"
                          + (f" ({reason})" if reason else "")
-                         + "; install TensorRT (pip install tensorrt, or JetPack's python3-libnvinfer) "
+                         + "; install TensorRT (pip install 'vq2trt[tensorrt]', or JetPack's python3-libnvinfer) "
                          + "or run: " + shlex.join(command))
 
 
@@ -441,7 +441,7 @@ def import_tensorrt():
     try:
         import tensorrt
     except (ImportError, OSError) as e:           # OSError: the package is there, libnvinfer is not
-        raise ImportError("building TensorRT engines needs TensorRT's Python package: pip install tensorrt "
+        raise ImportError("building TensorRT engines needs TensorRT's Python package: pip install 'vq2trt[tensorrt]' "
                           "(x86_64/SBSA with CUDA 12/13), or on Jetson the python3-libnvinfer package of "
                           "JetPack") from e
     return tensorrt
