@@ -91,6 +91,23 @@ struct DeviceWeightCopy {
   }
 };
 
+// Runs launch() on the stream and returns its GPU time in ms (the stream is synchronized).
+template <typename Launch>
+float timed(cudaStream_t stream, Launch&& launch) {
+  cudaEvent_t a, b;
+  CUDA_OK(cudaEventCreate(&a));
+  CUDA_OK(cudaEventCreate(&b));
+  CUDA_OK(cudaEventRecord(a, stream));
+  launch();
+  CUDA_OK(cudaEventRecord(b, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  float ms = 0;
+  CUDA_OK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms;
+}
+
 struct Case {
   const char* name;
   VQGemmDims dims;
@@ -210,17 +227,8 @@ double run_plugin(const Case& c, const DeviceWeightCopy& w, DType t, int64_t M, 
   std::vector<const void*> inputs{x};
   inputs.insert(inputs.end(), w.inputs.begin(), w.inputs.end());
   void* outputs[] = {y};
-  cudaEvent_t a, b;
-  CUDA_OK(cudaEventCreate(&a));
-  CUDA_OK(cudaEventCreate(&b));
-  CUDA_OK(cudaEventRecord(a, stream));
-  const int32_t rc = plugin.enqueue(in.data(), &out, inputs.data(), outputs, ws.p, stream);
-  CUDA_OK(cudaEventRecord(b, stream));
-  CUDA_OK(cudaStreamSynchronize(stream));
-  float ms = 0;
-  CUDA_OK(cudaEventElapsedTime(&ms, a, b));
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  int32_t rc = 0;
+  const float ms = timed(stream, [&] { rc = plugin.enqueue(in.data(), &out, inputs.data(), outputs, ws.p, stream); });
   if (rc != 0) *error = "enqueue returned " + std::to_string(rc);
   return ms;
 }
@@ -250,17 +258,8 @@ void check_case(const Case& c, std::mt19937& rng, const std::vector<int64_t>& ro
       const size_t bytes = cuda::workspace_size(c.dims, M, t);
       DeviceBuffer ws(bytes);
       CUDA_OK(cudaMemsetAsync(dy.p, 0xff, size_t(M * N) * es, stream));  // NaNs: unwritten outputs show
-      cudaEvent_t a, b;
-      CUDA_OK(cudaEventCreate(&a));
-      CUDA_OK(cudaEventCreate(&b));
-      CUDA_OK(cudaEventRecord(a, stream));
-      const cudaError_t e = cuda::vq_gemm(dw.desc, t, dx.p, M, dy.p, ws.p, bytes, stream);
-      CUDA_OK(cudaEventRecord(b, stream));
-      CUDA_OK(cudaStreamSynchronize(stream));
-      float ms = 0;
-      CUDA_OK(cudaEventElapsedTime(&ms, a, b));
-      cudaEventDestroy(a);
-      cudaEventDestroy(b);
+      cudaError_t e = cudaSuccess;
+      const float ms = timed(stream, [&] { e = cuda::vq_gemm(dw.desc, t, dx.p, M, dy.p, ws.p, bytes, stream); });
       std::vector<unsigned char> yb(size_t(M * N) * es);
       CUDA_OK(cudaMemcpy(yb.data(), dy.p, yb.size(), cudaMemcpyDeviceToHost));
       if (e != cudaSuccess) {
