@@ -21,17 +21,32 @@ class RunError(RuntimeError):
     """A model folder or input the runtime cannot use; the message names it."""
 
 
+_DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32",
+                "float16": "float16", "fp16": "float16", "half": "float16",
+                "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def graph_dtype(info: dict, where: str = INFO_FILE) -> str:
+    """float32, float16 or bfloat16: the dtype of an export's activations and KV cache (its info
+    "dtype"; exports before `vq2trt export --dtype` record none and are float32)."""
+    value = info.get("dtype")
+    if value is None:
+        return "float32"
+    name = _DTYPE_NAMES.get(str(value).lower().removeprefix("torch."))
+    if name is None:
+        raise RunError(f"{where}: dtype {value!r} is not float32, float16 or bfloat16")
+    return name
+
+
 def kv_dtype(info: dict) -> np.dtype:
-    """numpy dtype of the KV cache of an export (its info "dtype"; float32 for older exports)."""
-    name = info.get("dtype", "float32")
+    """numpy dtype of the KV cache of an export."""
+    name = graph_dtype(info)
     if name == "bfloat16":   # numpy has no bfloat16 (and ONNX Runtime's CPU EP no bf16 kernels for most ops)
         try:
             import ml_dtypes
         except ImportError as e:
             raise RunError("a bfloat16 export needs ml_dtypes for its KV cache: pip install ml_dtypes") from e
         return np.dtype(ml_dtypes.bfloat16)
-    if name not in ("float32", "float16"):
-        raise RunError(f"{INFO_FILE}: dtype {name!r} is not float32, float16 or bfloat16")
     return np.dtype(name)
 
 

@@ -22,17 +22,13 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vq2trt.runtime import session
 from vq2trt.runtime.session import INFO_FILE, MODEL_FILE, RunError, read_info
 
 TARGETS = ("datacenter", "jetson-orin", "jetson-thor")
 PRECISIONS = ("fp16", "bf16", "fp32")
 PROFILE_NAMES = ("prefill", "decode")
 _PRECISION_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
-_DTYPE_ALIASES = {"float32": "float32", "fp32": "float32", "float": "float32",
-                  "float16": "float16", "fp16": "float16", "half": "float16",
-                  "bfloat16": "bfloat16", "bf16": "bfloat16"}
-# Keys under which an export may record the dtype of its activations and KV cache.
-_DTYPE_KEYS = ("dtype", "activation_dtype", "torch_dtype")
 
 
 class TrtError(RunError):
@@ -175,17 +171,11 @@ def layout(info: dict, where: str = INFO_FILE) -> ExportLayout:
 
 
 def graph_dtype(info: dict, where: str = INFO_FILE) -> str:
-    """The dtype of the graph's float inputs and outputs. Exports before `vq2trt export --dtype`
-    record none: they are float32."""
-    for k in _DTYPE_KEYS:
-        v = info.get(k)
-        if v is not None:
-            name = str(v).lower().removeprefix("torch.")
-            if name not in _DTYPE_ALIASES:
-                raise TrtError(f"{where}: {k}={v!r} is not a dtype TensorRT engines are built for here "
-                               "(float32, float16, bfloat16)")
-            return _DTYPE_ALIASES[name]
-    return "float32"
+    """The dtype of the graph's float inputs and outputs (session.graph_dtype), as a TrtError."""
+    try:
+        return session.graph_dtype(info, where)
+    except RunError as e:
+        raise TrtError(str(e)) from None
 
 
 def load_layout(onnx_dir: str | os.PathLike) -> ExportLayout:
