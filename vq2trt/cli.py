@@ -7,13 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from vq2trt.config import PRESETS, ConfigError
+from vq2trt.config import HESSIANS, PRESETS, ConfigError
 
 EXIT_USAGE = 2
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.data import DataError
+    from vq2trt.distill import DistillError
     from vq2trt.evaluate import EvalError
     from vq2trt.export.graph import ExportError
     from vq2trt.format import FormatError
@@ -22,7 +23,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.quantize import QuantizeError
     from vq2trt.runtime.session import RunError
     return ConfigError, FormatError, CheckpointError, ModelLoadError, DataError, EvalError, QuantizeError, \
-        ExportError, RunError, FileNotFoundError
+        ExportError, RunError, DistillError, FileNotFoundError
 
 
 def _work_dir(out: Path) -> Path:
@@ -30,6 +31,7 @@ def _work_dir(out: Path) -> Path:
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
+    import copy
     import shutil
 
     import torch
@@ -44,7 +46,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if out.exists() and not a.overwrite:
         raise ConfigError(f"output folder {out} already exists; choose another or pass --overwrite")
     config = resolve_config(a.config, seed=a.seed, calib_samples=a.samples, calib_seqlen=a.seqlen,
-                            finetune_steps=a.finetune_steps, kmeans_iters=a.kmeans_iters)
+                            finetune_steps=a.finetune_steps, kmeans_iters=a.kmeans_iters, hessian=a.hessian,
+                            distill_tokens=a.distill_tokens or None, distill_lr=a.distill_lr)
     text = read_text(a.calib)                   # fail on bad calibration data before any work
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -52,10 +55,23 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if tokenizer is None:
         raise ConfigError(f"{a.model} has no tokenizer; calibration text cannot be tokenized")
     calib = calibration_batch(tokenizer, text, config.calib_samples, config.calib_seqlen, config.seed)
+    distill = None
+    if config.distill_tokens:
+        from vq2trt.cli_tune import distill_config
+        if config.method != "vptq":
+            raise ConfigError(f"distillation tunes VQ codebooks; method {config.method!r} has none")
+        distill = distill_config(a, config.distill_tokens, config.distill_lr)
+        teacher = copy.deepcopy(model)          # the float model, before quantize() replaces its layers
     work = _work_dir(out)
     if a.no_resume and work.exists():
         shutil.rmtree(work)
+    if a.target_bits is not None or a.candidates:
+        from vq2trt.cli_allocate import allocated_config
+        config = allocated_config(model, calib, config, work, a)
     result = quantize(model, config, calib, work_dir=work, device=a.device, progress=not a.quiet)
+    if distill is not None:
+        from vq2trt.cli_tune import run_distill
+        run_distill(model, teacher, tokenizer, text, distill, work, a)
     save = save_quantized if config.method == "vptq" else save_simulated
     save(model, config, out, tokenizer=tokenizer, overwrite=a.overwrite)
     shutil.rmtree(work, ignore_errors=True)
@@ -161,12 +177,21 @@ def cmd_info(a: argparse.Namespace) -> int:
     _, qc = read_checkpoint_config(path)
     tensors = read_tensors(path)
     print(f"{path}: method {qc.method}, v={qc.vector_len}, k={qc.num_centroids}, residual k={qc.num_res_centroids}, "
-          f"outliers {qc.outlier_frac:.2%}, groups {qc.num_groups}, norm {qc.enable_norm}")
-    print(f"{'layer':48s} {'shape':>12s} {'bpw':>6s}")
+          f"outliers {qc.outlier_frac:.2%}, groups {qc.num_groups}, norm {qc.enable_norm}"
+          + (f"; {len(qc.modules)} Linear(s) with their own format" if qc.modules else ""))
+    # Each layer's format as stored (the tensors are authoritative), so mixed checkpoints read right.
+    print(f"{'layer':48s} {'shape':>12s} {'v':>2s} {'k':>6s} {'res k':>5s} {'outliers':>13s} {'G':>3s} {'bpw':>6s}")
+    bits = n = 0
     for name in sorted(k[:-8] for k in tensors if k.endswith(".vq_dims")):
         w = VQWeight.from_tensors({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")},
                                   where=name)
-        print(f"{name:48s} {w.out_features:>5d}x{w.in_features:<6d} {w.bits_per_weight():6.3f}")
+        kr = 0 if w.res_codebook is None else w.res_codebook.shape[1]
+        out = "-" if not w.num_outlier_cols else \
+            f"{w.num_outlier_cols} v{w.outlier_codebook.shape[1]}-k{w.outlier_codebook.shape[0]}"
+        print(f"{name:48s} {w.out_features:>5d}x{w.in_features:<6d} {w.vector_len:>2d} {w.num_centroids:>6d} "
+              f"{kr:>5d} {out:>13s} {w.num_groups:>3d} {w.bits_per_weight():6.3f}")
+        bits, n = bits + w.stored_bits(), n + w.out_features * w.in_features
+    print(f"all-in bits per weight over quantized Linears: {bits / max(n, 1):.3f}")
     return 0
 
 
@@ -185,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int)
     q.add_argument("--kmeans-iters", type=int)
     q.add_argument("--finetune-steps", type=int, help="layer-wise fine-tuning steps (0 = off)")
+    q.add_argument("--hessian", choices=HESSIANS,
+                   help="input: H = E[x xᵀ]; output-aware: tokens weighted by the float model's end-loss "
+                        "gradient at each Linear's output (GuidedQuant; one extra backward pass)")
+    q.add_argument("--distill-tokens", type=int,
+                   help="then distil end to end against the float model on this many calibration tokens (0 = off)")
+    from vq2trt.cli_tune import add_distill_arguments
+    add_distill_arguments(q)
+    from vq2trt.cli_allocate import add_allocate_arguments
+    add_allocate_arguments(q)
     q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     q.add_argument("--threads", type=int, help="torch CPU threads")
     q.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -212,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from vq2trt.cli_deploy import add_parsers
     add_parsers(sub)
+    from vq2trt import cli_tune
+    cli_tune.add_parsers(sub)
     return p
 
 

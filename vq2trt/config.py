@@ -1,7 +1,8 @@
 """Quantization configuration: one versioned dataclass with a JSON round trip.
 
 The same fields appear, flat, as ``quantization_config`` in a checkpoint's
-config.json, so a checkpoint says exactly how every layer was built.
+config.json, so a checkpoint says exactly how every layer was built; ``modules``
+holds per-Linear format overrides (mixed formats in one checkpoint).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from typing import Any
 
 CONFIG_VERSION = 1
 METHODS = ("vptq", "gptq", "rtn")
+HESSIANS = ("input", "output-aware")
+# The fields that fix one Linear's stored VQ format: the only ones ``modules`` may override.
+PER_MODULE_FIELDS = ("vector_len", "num_centroids", "num_res_centroids", "outlier_frac", "outlier_vector_len",
+                     "outlier_num_centroids", "num_groups", "enable_norm", "enable_perm")
 MAX_INDEX_BITS = 16
 
 
@@ -28,7 +33,7 @@ def index_bits(num_centroids: int) -> int:
 
 @dataclass
 class QuantConfig:
-    """How to quantize every Linear of a model.
+    """How to quantize every Linear of a model (``modules``: per-Linear format overrides).
 
     VPTQ fields (method="vptq"): vectors of ``vector_len`` run along the output
     dimension; ``num_centroids`` entries per codebook; an optional residual
@@ -57,14 +62,23 @@ class QuantConfig:
     kmeans_max_vectors: int = 65536
     block_size: int = 128
     damp: float = 1e-2
+    # Hessian of each Linear: "input" = E[x xᵀ]; "output-aware" = GuidedQuant's Σ s_t x xᵀ / Σ s_t with
+    # s_t = ||∂L/∂y_t||², the float model's end-loss gradient at the Linear's output (vq2trt.guided).
+    hessian: str = "input"
     finetune_steps: int = 0
     finetune_lr: float = 1e-4
+    # End-to-end distillation against the float model after the last layer (vq2trt.distill); 0 = off.
+    distill_tokens: int = 0
+    distill_lr: float = 3e-4
     bits: int = 2
     group_size: int = 128
     seed: int = 0
     calib_samples: int = 128
     calib_seqlen: int = 512
     skip_modules: list[str] = field(default_factory=lambda: ["lm_head", "embed_tokens"])
+    # Full module name (e.g. "model.layers.3.mlp.down_proj") -> overrides of PER_MODULE_FIELDS
+    # for that Linear; see for_module(). Empty: every Linear has the fields above.
+    modules: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -102,13 +116,47 @@ class QuantConfig:
              "an integer >= 0 (0 = fit on every vector)")
         need(isinstance(self.block_size, int) and self.block_size >= 1, "block_size", "an integer >= 1")
         need(self.damp > 0, "damp", "a number > 0")
+        need(self.hessian in HESSIANS, "hessian", f"one of {HESSIANS}")
         need(isinstance(self.finetune_steps, int) and self.finetune_steps >= 0, "finetune_steps", "an integer >= 0")
         need(self.finetune_lr > 0, "finetune_lr", "a number > 0")
+        need(isinstance(self.distill_tokens, int) and self.distill_tokens >= 0, "distill_tokens",
+             "an integer >= 0 (0 = no distillation)")
+        need(self.distill_lr > 0, "distill_lr", "a number > 0")
         need(isinstance(self.bits, int) and 1 <= self.bits <= 8, "bits", "an integer in [1, 8]")
         need(isinstance(self.group_size, int) and self.group_size >= 1, "group_size", "an integer >= 1")
         need(isinstance(self.calib_samples, int) and self.calib_samples >= 1, "calib_samples", "an integer >= 1")
         need(isinstance(self.calib_seqlen, int) and self.calib_seqlen >= 2, "calib_seqlen", "an integer >= 2")
         need(isinstance(self.skip_modules, list), "skip_modules", "a list of module-name substrings")
+        need(isinstance(self.enable_norm, bool), "enable_norm", "true or false")
+        need(isinstance(self.enable_perm, bool), "enable_perm", "true or false")
+        need(isinstance(self.modules, dict), "modules", "an object mapping module names to field overrides")
+        need(not self.modules or self.method == "vptq", "modules",
+             "no per-module overrides: they set VPTQ formats and method is not 'vptq'")
+        for name in self.modules:
+            self.for_module(name)
+
+    def for_module(self, name: str) -> QuantConfig:
+        """The effective config of Linear ``name``: these fields with its ``modules`` overrides applied."""
+        over = self.modules.get(name, {})
+        where = f"quantization config: modules[{name!r}]"
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: module names must be strings, got {type(name).__name__}")
+        if not isinstance(over, dict):
+            raise ConfigError(f"{where} must be an object of field overrides, got {type(over).__name__}")
+        bad = sorted(set(over) - set(PER_MODULE_FIELDS))
+        if bad:
+            raise ConfigError(f"{where}: field(s) {bad} cannot be set per module; expected some of "
+                              f"{list(PER_MODULE_FIELDS)}")
+        try:
+            return dataclasses.replace(self, modules={}, **over)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {str(e).removeprefix('quantization config: ')}") from None
+        except (TypeError, ValueError) as e:  # a value of the wrong type reaching validate()'s comparisons
+            raise ConfigError(f"{where}: {e}") from None
+
+    def format_fields(self) -> dict[str, Any]:
+        """This config's PER_MODULE_FIELDS: everything that fixes a Linear's stored format."""
+        return {f: getattr(self, f) for f in PER_MODULE_FIELDS}
 
     # --- derived quantities ----------------------------------------------
     def num_outlier_cols(self, in_features: int) -> int:
@@ -175,6 +223,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # huge-activation channels dominate the Hessian-weighted k-means; the outlier codebook fixes it.
     "v3-k512-o1": dict(vector_len=3, num_centroids=512, outlier_frac=0.01, outlier_vector_len=2,
                        outlier_num_centroids=256),
+    # v4-k256 plus the 1 % most salient input columns in a v2-k256 outlier codebook: 2.02 index bits,
+    # the cheapest fix for down_proj-like layers when bits are allocated per Linear.
+    "v4-k256-o1": dict(vector_len=4, num_centroids=256, outlier_frac=0.01, outlier_vector_len=2,
+                       outlier_num_centroids=256),
+    # ~2.5 bits: the 2-bit main codebook plus a 4-entry residual (2 bits per 4 weights); the step
+    # between 2 and 3 bits for --target-bits, with a codebook that stays small on small layers.
+    "v4-k256-r4": dict(vector_len=4, num_centroids=256, num_res_centroids=4),
     # ~3 bits with a residual: the 2-bit main codebook plus a 16-entry residual (4 bits per 4 weights).
     "v4-k256-r16": dict(vector_len=4, num_centroids=256, num_res_centroids=16),
     # Paper's 2-bit settings for 7B+ models (1 MiB codebook per layer pays off only there).

@@ -80,6 +80,18 @@ def wikitext_file(split: str, root=None) -> Path:
         f"{WIKITEXT_ENV} at a folder holding it.")
 
 
+def python_docs_text() -> str:
+    """The Python reference manual's topic pages (``pydoc_data.topics``, shipped with every CPython),
+    joined in key order: a second evaluation text in another domain than WikiText, which nothing in
+    vq2trt calibrates or tunes on (about 120k SmolLM2 tokens; its exact text follows the Python
+    version, so quote that with any number measured on it)."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:  # some distributions strip pydoc_data
+        raise DataError("this Python has no pydoc_data.topics (the docs text); pass an evaluation text file") from e
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
 def read_text(path) -> str:
     """The text of ``path`` (UTF-8). Newlines are normalised to "\\n" (universal newlines), as the
     published perplexities were measured on LF text and the shared copy of wiki.test.raw is CRLF."""

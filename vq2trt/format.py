@@ -315,3 +315,24 @@ class VQWeight:
                 if a is None or b is None or a.dtype != b.dtype or not np.array_equal(a, b):
                     return False
         return True
+
+
+def planned_stored_bits(cfg, out_features: int, in_features: int) -> int:
+    """VQWeight.stored_bits() of a [out_features, in_features] Linear quantized with VPTQ config ``cfg``,
+    from the shapes alone (docs/format.md §6), so bit budgets can be checked before quantizing."""
+    N, K = int(out_features), int(in_features)
+    n_out = cfg.num_outlier_cols(K)
+    C, G, v = K - n_out, cfg.num_groups, cfg.vector_len
+    if G > C:
+        raise FormatError(f"num_groups={G} exceeds the {C} regular input columns of a [{N}, {K}] Linear")
+    R = math.ceil(N / v)
+    bits = 32 * 3 + 32 * K                                                   # vq_dims, perm
+    bits += 32 * R * packed_words(C, index_bits(cfg.num_centroids)) + 16 * G * cfg.num_centroids * v
+    if cfg.num_res_centroids:
+        bits += 32 * R * packed_words(C, index_bits(cfg.num_res_centroids)) + 16 * G * cfg.num_res_centroids * v
+    if n_out:
+        vo, ko = cfg.outlier_vector_len, cfg.outlier_num_centroids
+        bits += 32 * math.ceil(N / vo) * packed_words(n_out, index_bits(ko)) + 16 * ko * vo
+    if cfg.enable_norm:
+        bits += 2 * 16 * K                                                   # col_scale, col_bias
+    return bits

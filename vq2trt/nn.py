@@ -13,6 +13,29 @@ from torch import nn
 from vq2trt.format import VQWeight
 from vq2trt.reference import dequant_tensors, torch_tensors
 
+
+class _Gather(torch.autograd.Function):
+    """table[idx] whose backward sums gradients with index_add_: torch's own backward of an index
+    (index_put_ with accumulate) is ~10x slower on CPU and dominated distillation steps."""
+
+    @staticmethod
+    def forward(ctx, table, idx):                     # table [k, v], idx [R, c] int64
+        ctx.save_for_backward(idx)
+        ctx.k = table.shape[0]
+        return table[idx]                             # [R, c, v]
+
+    @staticmethod
+    def backward(ctx, grad):                          # grad [R, c, v]
+        (idx,) = ctx.saved_tensors
+        v = grad.shape[-1]
+        g = grad.new_zeros(ctx.k, v).index_add_(0, idx.reshape(-1), grad.reshape(-1, v))
+        return g, None
+
+
+def _gather(table, idx):
+    return _Gather.apply(table, idx) if table.requires_grad and torch.is_grad_enabled() else table[idx]
+
+
 _TRAINABLE = ("codebook", "res_codebook", "outlier_codebook", "col_scale", "col_bias")
 _INDEX = ("perm", "indices", "res_indices", "outlier_indices")
 
@@ -29,20 +52,36 @@ class VQLinear(nn.Module):
             self.register_parameter(name, p)
         for name in _INDEX:  # unpacked once: dequant needs int64 indices
             self.register_buffer(name, t[name], persistent=False)
-        bias = None if w.bias is None else torch.from_numpy(w.bias.copy()).to(dtype)
-        self.register_buffer("bias", bias)
+        # A Parameter (frozen unless tuned) so distillation can train it; stored as float32.
+        bias = None if w.bias is None else nn.Parameter(torch.from_numpy(w.bias.copy()).float(), requires_grad=False)
+        self.register_parameter("bias", bias)
         self._cache: torch.Tensor | None = None
+        self._step_weight: torch.Tensor | None = None
         self._dtype = dtype
 
     def weight_float(self) -> torch.Tensor:
         """Dequantized weight [N, K], float32, exactly reference.dequantize's values."""
         t = {name: getattr(self, name) for name in _TRAINABLE + _INDEX}
         return dequant_tensors(t, N=self.out_features, K=self.in_features, n_out=self.num_outlier_cols,
-                               group_size=self.group_size)
+                               group_size=self.group_size, gather=_gather)
+
+    def begin_step(self) -> None:
+        """Dequantize once for a whole optimizer step: forwards use a leaf copy of W whose .grad
+        collects every micro-batch's dL/dW, and end_step() pushes that into the codebooks in one
+        backward, instead of one dequantization and its backward per micro-batch."""
+        with torch.no_grad():
+            self._step_weight = self.weight_float().requires_grad_(True)
+
+    def end_step(self) -> None:
+        w, self._step_weight = self._step_weight, None
+        if w is not None and w.grad is not None:
+            self.weight_float().backward(w.grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Inference reuses the dequantized weight; anything that may train recomputes it.
-        if self.training or torch.is_grad_enabled():
+        if self._step_weight is not None:
+            W = self._step_weight
+        elif self.training or torch.is_grad_enabled():
             self._cache = None
             W = self.weight_float()
         else:
@@ -55,11 +94,17 @@ class VQLinear(nn.Module):
         return y.to(x.dtype)
 
     def set_trainable(self, on: bool) -> list[nn.Parameter]:
+        """Codebooks and scales (what layer-wise fine-tuning trains); the bias stays as it is."""
         params = [p for p in (getattr(self, n) for n in _TRAINABLE) if p is not None]
         for p in params:
             p.requires_grad_(on)
         self._cache = None
         return params
+
+    def trainable_named(self) -> list[tuple[str, nn.Parameter]]:
+        """Every continuous stored tensor (codebooks, scales, bias), by name, for end-to-end tuning."""
+        self._cache = None
+        return [(n, getattr(self, n)) for n in _TRAINABLE + ("bias",) if getattr(self, n) is not None]
 
     def to_vqweight(self) -> VQWeight:
         """The stored form, codebooks and scales rounded to fp16 (indices unchanged)."""
@@ -69,6 +114,8 @@ class VQLinear(nn.Module):
             p = getattr(self, name)
             if p is not None:
                 kw[name] = p.detach().cpu().to(torch.float16).numpy()
+        if self.bias is not None:
+            kw["bias"] = self.bias.detach().cpu().float().numpy()
         w = VQWeight(out_features=base.out_features, in_features=base.in_features,
                      num_outlier_cols=base.num_outlier_cols, **kw)
         w.validate()

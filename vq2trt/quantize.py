@@ -28,6 +28,7 @@ from vq2trt.algo import HessianAccumulator, gptq_quantize, rtn_quantize, scalar_
 from vq2trt.algo.finetune import finetune_layer
 from vq2trt.config import QuantConfig
 from vq2trt.format import FORMAT_VERSION, FormatError, VQWeight
+from vq2trt.guided import output_gradient_weights
 from vq2trt.nn import VQLinear, replace_linear
 
 STATE_FILE = "state.json"
@@ -139,6 +140,9 @@ class _WorkDir:
     def file(self, i: int) -> Path:
         return self.path / f"layer_{i:03d}.safetensors"
 
+    def done(self, i: int) -> bool:
+        return self.path is not None and self.file(i).exists()
+
     def load(self, i: int) -> tuple[dict[str, np.ndarray], dict] | None:
         if self.path is None or not self.file(i).exists():
             return None
@@ -170,25 +174,38 @@ def _layer_seed(config: QuantConfig, layer_idx: int, j: int) -> int:
     return (config.seed * 1_000_003 + layer_idx * 97 + j) % (2**31 - 1)
 
 
-def _collect_hessians(layer, linears, batches, device):
-    """One HessianAccumulator per distinct Linear input (q/k/v share one, gate/up share one)."""
+def _collect_hessians(layer, linears, batches, device, token_weights=None):
+    """One HessianAccumulator per distinct Linear input (q/k/v share one, gate/up share one).
+
+    token_weights: {name: float32 [num_samples, seqlen]} output-aware weights s_t
+    (vq2trt.guided) for the calibration windows, in the order the batches hold
+    them. Then every Linear gets its own accumulator weighted by its own s_t, as
+    GuidedQuant does: tr(ΔW H_g ΔWᵀ) is q's end-loss increase only with q's
+    output gradient; summing q/k/v's s_t into one shared H would weight q's
+    error by how much v's output matters.
+    """
     acc: dict[str, HessianAccumulator] = {}
     owner: dict[str, str] = {}
     # Same tensor object in = same Hessian. The first batch's inputs are kept alive in
     # seen_inputs so a freed input's address cannot be reused and mistaken for a shared one.
     seen_inputs: dict[tuple, tuple[str, torch.Tensor]] = {}
     first_batch = [True]
+    rows = [0]  # first calibration window of the running batch
 
     def hook(name):
         def f(_m, args):
-            x = args[0]
+            x = args[0]  # [B, T, K]
             if first_batch[0]:
-                key = (x.data_ptr(), tuple(x.shape), x.dtype)
-                owner[name] = seen_inputs.setdefault(key, (name, x))[0]
+                if token_weights is None:
+                    key = (x.data_ptr(), tuple(x.shape), x.dtype)
+                    owner[name] = seen_inputs.setdefault(key, (name, x))[0]
+                else:
+                    owner[name] = name
                 if owner[name] == name:
                     acc[name] = HessianAccumulator(x.shape[-1], device=device)
             if owner[name] == name:
-                acc[name].add_batch(x.detach())
+                w = None if token_weights is None else token_weights[name][rows[0]:rows[0] + x.shape[0]]  # [B, T]
+                acc[name].add_batch(x.detach(), w)
         return f
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
@@ -199,6 +216,7 @@ def _collect_hessians(layer, linears, batches, device):
                 targets.append(_run_layer(layer, hidden, kw))
                 first_batch[0] = False
                 seen_inputs.clear()
+                rows[0] += hidden.shape[0]
     finally:
         for h in handles:
             h.remove()
@@ -228,11 +246,21 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
         raise QuantizeError(f"calibration ids must be [num_samples, seqlen], got {tuple(calib.shape)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
+    _check_module_overrides(layers, config)
     work = _WorkDir(Path(work_dir) if work_dir else None, _fingerprint(model, config, calib))
     result = QuantizeResult(config=config)
     t_start = time.perf_counter()
 
     model.eval()
+    # Output-aware weights come from the float model, so before any layer is replaced; only
+    # the layers a resumed run still has to quantize need them.
+    token_weights = None
+    if config.hessian == "output-aware":
+        todo = [n for i, layer in enumerate(layers) if not work.done(i)
+                for n in quantizable_linears(layer, f"model.layers.{i}", config.skip_modules)]
+        if todo:
+            token_weights = output_gradient_weights(model, calib, todo, batch_size=batch_size, device=device,
+                                                    progress=progress)
     emb_device = next(model.parameters()).device
     with torch.no_grad():
         batches = _capture_layer0_inputs(model, layers, calib, batch_size, emb_device)
@@ -248,7 +276,8 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
         if done is not None:
             reports = _apply_saved(model, layer, linears, done, config, result, i)
         else:
-            reports = _quantize_layer(model, layer, i, linears, batches, config, result, device, work)
+            reports = _quantize_layer(model, layer, i, linears, batches, config, result, device, work,
+                                      token_weights=token_weights)
         result.reports.extend(reports)
         with torch.no_grad():
             batches = [(_run_layer(layer, h, kw), kw) for h, kw in batches]
@@ -259,8 +288,29 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
     return result
 
 
-def _quantize_layer(model, layer, i, linears, batches, config, result, device, work) -> list[LayerReport]:
-    hessians, targets = _collect_hessians(layer, linears, batches, device)
+def all_quantizable_linears(layers: nn.ModuleList, skip: list[str]) -> dict[str, nn.Linear]:
+    """Every Linear quantize() replaces, by full module name, in layer order."""
+    out: dict[str, nn.Linear] = {}
+    for i, layer in enumerate(layers):
+        out.update(quantizable_linears(layer, f"model.layers.{i}", skip))
+    return out
+
+
+def _check_module_overrides(layers, config: QuantConfig) -> None:
+    """A per-module override that names no quantized Linear is a typo: fail before any work."""
+    if not config.modules:
+        return
+    names = all_quantizable_linears(layers, config.skip_modules)
+    unknown = sorted(set(config.modules) - set(names))
+    if unknown:
+        raise QuantizeError(f"quantization config: modules {unknown[:5]} name no quantized Linear of this model; "
+                            f"expected full names such as {next(iter(names), 'model.layers.0.mlp.down_proj')!r} "
+                            f"(not in skip_modules {config.skip_modules})")
+
+
+def _quantize_layer(model, layer, i, linears, batches, config, result, device, work,
+                    token_weights=None) -> list[LayerReport]:
+    hessians, targets = _collect_hessians(layer, linears, batches, device, token_weights)
     reports, saved = [], {}
     for j, (name, lin) in enumerate(linears.items()):
         t0 = time.perf_counter()
@@ -269,7 +319,7 @@ def _quantize_layer(model, layer, i, linears, batches, config, result, device, w
         seed = _layer_seed(config, i, j)
         if config.method == "vptq":
             bias = None if lin.bias is None else lin.bias.detach().float()
-            w, stats = vptq_quantize(W, H, config, bias=bias, seed=seed)
+            w, stats = vptq_quantize(W, H, config.for_module(name), bias=bias, seed=seed)
             replace_linear(model, name, VQLinear(w, dtype=lin.weight.dtype).to(device))
             result.weights[name] = w
             bpw, err = w.bits_per_weight(), float(stats["proxy_err"])

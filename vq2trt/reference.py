@@ -53,14 +53,19 @@ def vq_gemm(x: np.ndarray, w: VQWeight) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def dequant_tensors(t: dict, *, N: int, K: int, n_out: int, group_size: int):
+def dequant_tensors(t: dict, *, N: int, K: int, n_out: int, group_size: int, gather=None):
     """dequantize() on torch tensors, differentiable in the codebooks and scales.
 
     ``t`` maps the names of docs/format.md to tensors, with indices already
     unpacked to int64: "indices" [R, C], "res_indices" [R, C] or None,
     "outlier_indices" [R_o, n_out] or None, "perm" int64 [K].
+    ``gather(table [k, v], idx [R, c]) -> [R, c, v]`` looks codebook rows up
+    (default ``table[idx]``); trainers pass one with a faster backward.
     """
     import torch
+
+    if gather is None:
+        gather = lambda table, i: table[i]
 
     cb = t["codebook"].float()                                    # [G, k, v]
     G, _, v = cb.shape
@@ -69,15 +74,15 @@ def dequant_tensors(t: dict, *, N: int, K: int, n_out: int, group_size: int):
     q = torch.zeros(N, K, dtype=torch.float32, device=cb.device)   # columns in permuted order
     for g in range(G):
         lo, hi = g * group_size, min((g + 1) * group_size, K - n_out)
-        vec = cb[g][idx[:, lo:hi]]                                # [R, c, v]
+        vec = gather(cb[g], idx[:, lo:hi])                        # [R, c, v]
         if t.get("res_indices") is not None:
-            vec = vec + t["res_codebook"][g].float()[t["res_indices"][:, lo:hi]]
+            vec = vec + gather(t["res_codebook"][g].float(), t["res_indices"][:, lo:hi])
         q[:, n_out + lo:n_out + hi] = vec.permute(0, 2, 1).reshape(R * v, hi - lo)[:N]
     if n_out:
         ocb = t["outlier_codebook"].float()                       # [k_o, v_o]
         oidx = t["outlier_indices"]                               # [R_o, n_out]
         vo = ocb.shape[1]
-        q[:, :n_out] = ocb[oidx].permute(0, 2, 1).reshape(oidx.shape[0] * vo, n_out)[:N]
+        q[:, :n_out] = gather(ocb, oidx).permute(0, 2, 1).reshape(oidx.shape[0] * vo, n_out)[:N]
     out = torch.empty_like(q)
     out[:, t["perm"]] = q
     if t.get("col_scale") is not None:

@@ -2,7 +2,8 @@
 
 Every quantizer here minimises the layer-output proxy tr(ΔW H ΔWᵀ); H only ever
 enters through ratios, so its overall scale is irrelevant and we keep the plain
-mean (not GPTQ's 2/n sum).
+mean (not GPTQ's 2/n sum). With per-token weights w_t (GuidedQuant's output-aware
+Hessian, w_t = ||∂L/∂y_t||²) it is the weighted mean Σ w_t x_t x_tᵀ / Σ w_t.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import torch
 
 
 class HessianAccumulator:
-    """Streams calibration inputs of one Linear into sum x xᵀ without keeping them.
+    """Streams calibration inputs of one Linear into sum w x xᵀ without keeping them.
 
     Each batch is multiplied in float32 (fast on every device) and added into a
     float64 total, so the error does not grow with the number of batches.
+    Unweighted batches count every token with weight 1; ``weight_sum`` is the
+    total weight (the token count when no batch had weights).
     """
 
     def __init__(self, in_features: int, device=None):
@@ -24,15 +27,24 @@ class HessianAccumulator:
             raise ValueError(f"HessianAccumulator: in_features must be >= 1, got {in_features}")
         self.in_features = int(in_features)
         self.device = None if device is None else torch.device(device)
-        self._sum = None  # float64 [K, K], allocated on the first batch's device unless given
-        self.count = 0    # tokens seen
+        self._sum = None       # float64 [K, K], allocated on the first batch's device unless given
+        self.count = 0         # tokens seen
+        self.weight_sum = 0.0  # Σ w_t over tokens seen (float64 accumulation)
 
-    def add_batch(self, x: torch.Tensor) -> None:
-        """Add inputs x [..., K] (any float dtype); every leading index is one token."""
+    def add_batch(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add inputs x [..., K] (any float dtype); every leading index is one token.
+
+        weights: optional non-negative per-token weights [...] (x's leading shape).
+        """
         K = self.in_features
         if x.ndim == 0 or x.shape[-1] != K:
             raise ValueError(f"HessianAccumulator: input of shape {tuple(x.shape)} has "
                              f"{x.shape[-1] if x.ndim else 0} features, this layer has in_features={K}")
+        if weights is not None and tuple(weights.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"HessianAccumulator: weights of shape {tuple(weights.shape)} do not match the "
+                             f"inputs' leading shape {tuple(x.shape[:-1])}")
+        if weights is not None and (not torch.isfinite(weights).all() or (weights < 0).any()):
+            raise ValueError("HessianAccumulator: token weights must be finite and non-negative")
         x = x.detach().reshape(-1, K)  # [n, K]
         if x.shape[0] == 0:
             return
@@ -40,14 +52,26 @@ class HessianAccumulator:
             dev = self.device if self.device is not None else x.device
             self._sum = torch.zeros(K, K, dtype=torch.float64, device=dev)
         x = x.to(device=self._sum.device, dtype=torch.float32)  # [n, K]
-        self._sum += (x.T @ x).to(torch.float64)
+        if weights is None:
+            self._sum += (x.T @ x).to(torch.float64)
+            self.weight_sum += x.shape[0]
+        else:
+            w = weights.detach().reshape(-1).to(device=self._sum.device, dtype=torch.float32)  # [n]
+            # sqrt(w) on both sides keeps the product a Gram matrix (symmetric PSD to round-off),
+            # and sqrt(1) = 1 makes unit weights reproduce the unweighted sum bit for bit.
+            xw = x * w.sqrt()[:, None]  # [n, K]
+            self._sum += (xw.T @ xw).to(torch.float64)
+            self.weight_sum += float(w.double().sum())
         self.count += x.shape[0]
 
     def finalize(self) -> torch.Tensor:
-        """E[x xᵀ] as float64 [K, K]."""
+        """Σ w x xᵀ / Σ w as float64 [K, K] (E[x xᵀ] without weights)."""
         if self._sum is None or self.count == 0:
             raise ValueError("HessianAccumulator: no calibration batch was added; cannot form H = E[x xᵀ]")
-        H = self._sum / self.count  # [K, K]
+        if self.weight_sum <= 0:
+            raise ValueError(f"HessianAccumulator: every one of the {self.count} tokens has weight 0; "
+                             f"H = Σ w x xᵀ / Σ w is undefined")
+        H = self._sum / self.weight_sum  # [K, K]
         if not torch.isfinite(H).all():
             raise ValueError("HessianAccumulator: calibration inputs contain NaN or Inf; H is not finite")
         return H

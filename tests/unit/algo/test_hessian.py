@@ -89,3 +89,45 @@ def test_proxy_error():
     assert proxy_error(W, W, H) == 0
     assert proxy_error(torch.zeros_like(W), W, H) == pytest.approx(1.0)
     assert proxy_error(torch.zeros(5, 4), torch.zeros(5, 4), H) == 0
+
+
+def test_weighted_batches_equal_hand_computed_weighted_moment():
+    K = 12
+    g = _gen(5)
+    xs = [torch.randn(9, K, generator=g), torch.randn(2, 5, K, generator=g)]  # [n, K] and [batch, seq, K]
+    ws = [torch.rand(9, generator=g), torch.rand(2, 5, generator=g) * 10]
+    ws[0][3] = 0                                                           # a token that does not matter
+    acc = HessianAccumulator(K)
+    for x, w in zip(xs, ws):
+        acc.add_batch(x, w)
+    X = torch.cat([x.reshape(-1, K) for x in xs]).double()                # [n, K]
+    w = torch.cat([w.reshape(-1) for w in ws]).double()                   # [n]
+    torch.testing.assert_close(acc.finalize(), (X.T * w) @ X / w.sum(), rtol=1e-5, atol=1e-7)
+    assert acc.count == 19 and acc.weight_sum == pytest.approx(float(w.sum()))
+    # Not the unweighted moment: the weights change H.
+    assert not torch.allclose(acc.finalize(), X.T @ X / X.shape[0], rtol=1e-2)
+
+
+def test_unit_weights_give_exactly_the_unweighted_hessian():
+    K = 16
+    g = _gen(6)
+    batches = [torch.randn(n, 3, K, generator=g) for n in (1, 4, 7)]
+    plain, ones = HessianAccumulator(K), HessianAccumulator(K)
+    for x in batches:
+        plain.add_batch(x)
+        ones.add_batch(x, torch.ones(x.shape[:-1]))
+    assert torch.equal(plain.finalize(), ones.finalize())
+    assert plain.weight_sum == ones.weight_sum == plain.count == 36
+
+
+def test_weight_errors():
+    acc = HessianAccumulator(4)
+    with pytest.raises(ValueError, match="leading shape"):
+        acc.add_batch(torch.zeros(3, 4), torch.ones(4))
+    with pytest.raises(ValueError, match="non-negative"):
+        acc.add_batch(torch.zeros(2, 4), torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="non-negative"):
+        acc.add_batch(torch.zeros(2, 4), torch.tensor([1.0, float("nan")]))
+    acc.add_batch(torch.ones(2, 4), torch.zeros(2))
+    with pytest.raises(ValueError, match="weight 0"):
+        acc.finalize()

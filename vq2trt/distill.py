@@ -1,0 +1,280 @@
+"""End-to-end distillation of a quantized model against its float teacher.
+
+Minimises KL(teacher ‖ student) of the next-token distributions over windows of calibration
+text. Only continuous parameters move: every VQLinear's codebooks (main, residual, outlier),
+its col_scale/col_bias and bias, and the decoder's RMSNorm weights. Indices stay fixed, so the
+format and the bit rate are unchanged (QuIP#'s and AQLM's fine-tuning keep codes fixed too).
+
+Teacher logits are computed on the fly, not cached: at these token budgets each window is seen
+about once, and a full-vocabulary cache costs seqlen x vocab x 2 bytes per window (50 MB for
+SmolLM2 at 512 tokens), while the teacher's forward is only about a quarter of a step.
+
+Determinism and resume: window starts of optimizer step s come from a generator seeded by
+(seed, s) alone, and the whole training state (fp32 master parameters, AdamW moments, step) is
+written atomically every ``save_every`` steps, so a killed run continues from its last save and
+ends with the same bytes as an uninterrupted one (same device, same thread count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from vq2trt.nn import VQLinear, replace_linear
+
+STATE_FILE = "distill_state.pt"
+# Models above this many parameters checkpoint activations per decoder layer unless told otherwise:
+# below it the activations of a 512-token window fit easily, and recomputing them costs ~30 %.
+AUTO_CHECKPOINT_PARAMS = 1_000_000_000
+
+
+class DistillError(ValueError):
+    """Distillation inputs that cannot work; the message names the input and what was expected."""
+
+
+@dataclass
+class DistillConfig:
+    """How to distil. ``tokens`` counts student training tokens (windows x seqlen)."""
+
+    tokens: int
+    seqlen: int = 512
+    batch_size: int = 1          # windows per forward
+    grad_accum: int = 4          # forwards per optimizer step
+    lr: float = 3e-4             # peak AdamW learning rate (codebooks, scales, norms)
+    warmup_frac: float = 0.05    # linear warm-up share of the steps, then cosine to 0
+    weight_decay: float = 0.0    # decaying codebooks towards 0 would shrink the weights
+    seed: int = 0
+    save_every: int = 10         # optimizer steps between resume states
+    checkpoint_activations: bool | None = None  # None: on above AUTO_CHECKPOINT_PARAMS
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise DistillError(f"distillation: {name}={getattr(self, name)!r} is invalid; expected {expected}")
+
+        need(isinstance(self.tokens, int) and self.tokens >= 1, "tokens", "an integer >= 1 (training tokens)")
+        need(isinstance(self.seqlen, int) and self.seqlen >= 2, "seqlen", "an integer >= 2")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "an integer >= 1")
+        need(isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum", "an integer >= 1")
+        need(self.lr > 0, "lr", "a number > 0")
+        need(0 <= self.warmup_frac < 1, "warmup_frac", "a fraction in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        need(isinstance(self.save_every, int) and self.save_every >= 1, "save_every", "an integer >= 1")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seqlen * self.batch_size * self.grad_accum
+
+    @property
+    def steps(self) -> int:
+        return max(1, math.ceil(self.tokens / self.tokens_per_step))
+
+
+@dataclass
+class DistillResult:
+    steps: int
+    tokens: int
+    loss_first: float     # mean KL (nats/token) over the first step
+    loss_last: float      # mean KL over the last step
+    seconds: float
+
+
+def lr_at(step: int, steps: int, warmup_frac: float) -> float:
+    """Multiplier of the peak rate at optimizer step ``step`` (0-based): linear warm-up, then cosine to 0."""
+    warm = int(round(warmup_frac * steps))
+    if step < warm:
+        return (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+def check_teacher(student: nn.Module, teacher: nn.Module) -> None:
+    """The teacher must be the same architecture with the same vocabulary (it is the float original)."""
+    s, t = student.config, teacher.config
+    for field in ("vocab_size", "model_type", "hidden_size", "num_hidden_layers", "intermediate_size"):
+        a, b = getattr(s, field, None), getattr(t, field, None)
+        if a != b:
+            what = "vocabulary" if field == "vocab_size" else "architecture"
+            raise DistillError(f"teacher {what} differs from the quantized model's: {field} is {b!r} in the teacher "
+                               f"and {a!r} in the checkpoint; distil against the float model it was quantized from")
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Everything distillation trains, by name; turns their gradients on and every other one off."""
+    model.requires_grad_(False)
+    params: dict[str, nn.Parameter] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, VQLinear):
+            for pname, p in m.trainable_named():
+                p.requires_grad_(True)
+                params[f"{name}.{pname}"] = p
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.requires_grad_(True)
+            params[name] = p
+    if not any(isinstance(m, VQLinear) for m in model.modules()):
+        raise DistillError("the model has no VQLinear layers: distillation tunes a quantized checkpoint; "
+                           "quantize the model with method 'vptq' first")
+    return params
+
+
+def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) in nats, averaged over every position of [b, L, V] logits."""
+    t = F.log_softmax(teacher_logits.float(), dim=-1)   # [b, L, V]
+    s = F.log_softmax(student_logits.float(), dim=-1)   # [b, L, V]
+    return (t.exp() * (t - s)).sum(-1).mean()
+
+
+def _window_starts(seed: int, step: int, count: int, high: int) -> list[int]:
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
+    return torch.randint(0, high, (count,), generator=gen).tolist()
+
+
+def _fingerprint(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: DistillConfig) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
+    h.update(ids.numpy().astype("int64").tobytes())
+    for model in (student, teacher):
+        for name, p in list(model.state_dict().items())[:6]:
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+    return h.hexdigest()
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: DistillConfig, *,
+            work_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+            progress: bool = True) -> DistillResult:
+    """Tune ``student`` (a model with VQLinear layers) in place towards ``teacher``'s distributions.
+
+    ids: token ids [T] of the calibration text, windows of ``cfg.seqlen`` are drawn from it.
+    On return every VQLinear holds exactly its stored (fp16-rounded) values, so the model that is
+    evaluated is the model that is saved.
+    """
+    cfg.validate()
+    check_teacher(student, teacher)
+    ids = ids.reshape(-1).cpu()
+    if ids.numel() < cfg.seqlen + 1:
+        raise DistillError(f"calibration text has {ids.numel()} tokens; windows of {cfg.seqlen} need at least "
+                           f"{cfg.seqlen + 1}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    params = trainable_parameters(student)
+    vq = [m for m in student.modules() if isinstance(m, VQLinear)]
+    teacher.requires_grad_(False).eval().to(device)
+    student.to(device)
+    n_params = sum(p.numel() for p in student.parameters())
+    ckpt = cfg.checkpoint_activations if cfg.checkpoint_activations is not None else n_params > AUTO_CHECKPOINT_PARAMS
+    if ckpt:
+        if not getattr(student, "supports_gradient_checkpointing", False):
+            raise DistillError(f"{type(student).__name__} cannot checkpoint activations; pass "
+                               "checkpoint_activations=False")
+        # transformers renamed the method and its argument (the old names warn and go in v6)
+        if hasattr(student, "activation_checkpointing_enable"):
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.train()  # only switches checkpointing on in HF decoders; LLaMA has no dropout here
+
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    steps, start, first = cfg.steps, 0, None
+    state_path = Path(work_dir) / STATE_FILE if work_dir else None
+    fp = _fingerprint(student, teacher, ids, cfg)
+    if state_path is not None:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        if state_path.exists():
+            start, first = _load_state(state_path, fp, params, opt)
+
+    t0, last = time.perf_counter(), float("nan")
+    bar = tqdm(range(start, steps), desc="distill", unit="step", initial=start, total=steps,
+               disable=not progress)
+    try:
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_at(step, steps, cfg.warmup_frac)
+            starts = _window_starts(cfg.seed, step, cfg.batch_size * cfg.grad_accum, ids.numel() - cfg.seqlen)
+            opt.zero_grad(set_to_none=True)
+            for m in vq:
+                m.begin_step()
+            total = 0.0
+            for m in range(cfg.grad_accum):
+                chunk = starts[m * cfg.batch_size:(m + 1) * cfg.batch_size]
+                x = torch.stack([ids[s:s + cfg.seqlen] for s in chunk]).to(device)    # [b, L]
+                with torch.no_grad():
+                    t_logits = teacher(input_ids=x, use_cache=False).logits            # [b, L, V]
+                loss = kl_per_token(student(input_ids=x, use_cache=False).logits, t_logits) / cfg.grad_accum
+                loss.backward()
+                total += float(loss.detach())
+            for m in vq:
+                m.end_step()
+            opt.step()
+            last = total
+            first = total if first is None else first
+            done = (step + 1 - start) * cfg.tokens_per_step
+            bar.set_postfix(kl=f"{total:.4f}", tok_s=f"{done / (time.perf_counter() - t0):.0f}")
+            if state_path is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == steps):
+                _save_state(state_path, {"fingerprint": fp, "step": step + 1, "first": first,
+                                         "params": {n: p.detach().cpu().clone() for n, p in params.items()},
+                                         "opt": opt.state_dict()})
+    finally:
+        for m in vq:
+            m._step_weight = None
+        bar.close()
+        if ckpt:
+            disable = getattr(student, "activation_checkpointing_disable", None) or \
+                student.gradient_checkpointing_disable
+            disable()
+        student.eval()
+        student.requires_grad_(False)
+    round_to_stored(student)
+    return DistillResult(steps=steps, tokens=steps * cfg.tokens_per_step, loss_first=float(first),
+                         loss_last=float(last), seconds=time.perf_counter() - t0)
+
+
+def _load_state(path: Path, fp: str, params: dict[str, nn.Parameter], opt) -> tuple[int, float]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a torn file cannot happen (atomic rename) but a disk error can
+        raise DistillError(f"resume state {path} is unreadable ({e}); delete {path.parent} to start over") from e
+    if state.get("fingerprint") != fp:
+        raise DistillError(f"{path.parent} holds a distillation run with another checkpoint, teacher, text or "
+                           f"settings; delete it or choose another output folder")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state["params"][n].to(p))
+    opt.load_state_dict(state["opt"])
+    return int(state["step"]), float(state["first"])
+
+
+def round_to_stored(model: nn.Module) -> None:
+    """Replace every VQLinear by one built from its stored form (fp16 codebooks and scales)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, VQLinear):
+            device = m.codebook.device
+            replace_linear(model, name, VQLinear(m.to_vqweight(), dtype=m._dtype).to(device))
+
+
+@torch.no_grad()
+def mean_kl(student: nn.Module, teacher: nn.Module, windows: torch.Tensor, batch_size: int = 1) -> float:
+    """Mean KL(teacher ‖ student) per token over ``windows`` [n, L] of token ids."""
+    student.eval()
+    total = 0.0
+    for i in range(0, windows.shape[0], batch_size):
+        x = windows[i:i + batch_size]
+        total += float(kl_per_token(student(input_ids=x, use_cache=False).logits,
+                                    teacher(input_ids=x, use_cache=False).logits)) * x.shape[0]
+    return total / windows.shape[0]
