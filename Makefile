@@ -5,10 +5,15 @@ BIN      := $(VENV)/bin
 CACHE    ?= $(HOME)/.cache/vq2trt
 WIKITEXT ?= ../shared/data/wikitext-2
 OUT      ?= out
-DEMO_CONFIG ?= v4-k256
+# The demo's model: 2.3 bits all-in, each Linear's format chosen by `--target-bits 2.3` on this
+# model (configs/README.md), then 32k tokens of distillation against the float model (README
+# "Quality"). DEMO_CONFIG=v4-k256 DEMO_DISTILL=0 gives the plain 2.1-bit VPTQ model of before.
+DEMO_CONFIG ?= configs/smollm2-135m-2.3bit.json
+DEMO_NAME ?= 2.3bit
+DEMO_DISTILL ?= 32768
 DEMO_WINDOWS ?= 16
 GGUF     := $(CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
-QUANT    := $(OUT)/smollm2-$(DEMO_CONFIG)
+QUANT    := $(OUT)/smollm2-$(DEMO_NAME)
 ONNX     := $(QUANT)-onnx
 FLOAT_ONNX := $(OUT)/smollm2-float-onnx
 THREADS  ?= 2
@@ -35,7 +40,8 @@ model: $(GGUF)
 
 demo: install model plugins
 	$(BIN)/vq2trt quantize $(GGUF) --config $(DEMO_CONFIG) --calib $(WIKITEXT)/wiki.valid.tokens \
-	    --samples 64 --seqlen 512 --kmeans-iters 25 --out $(QUANT) --overwrite
+	    --samples 64 --seqlen 512 --kmeans-iters 25 --distill-tokens $(DEMO_DISTILL) --threads $(THREADS) \
+	    --out $(QUANT) --overwrite
 	$(BIN)/vq2trt export $(QUANT) --out $(ONNX) --overwrite
 	$(BIN)/vq2trt export $(GGUF) --out $(FLOAT_ONNX) --overwrite
 	$(BIN)/vq2trt eval $(QUANT) --baseline $(GGUF) --onnx $(ONNX) --text $(WIKITEXT)/wiki.test.raw \

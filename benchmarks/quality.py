@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--kmeans-iters", type=int, default=25)
     p.add_argument("--candidates", default="v4-k256,v4-k256-o1,v3-k512-o1", help="presets bit allocation picks from")
     p.add_argument("--distill-scale", type=float, default=1.0, help="multiplies every distillation token budget")
-    p.add_argument("--distill-lr", type=float, default=3e-4)
+    p.add_argument("--distill-lr", type=float, default=1e-3)
     p.add_argument("--rows", default=",".join(r.name for r in ROWS))
     p.add_argument("--table", action="store_true", help="only print the rows already finished")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export (no folder size)")

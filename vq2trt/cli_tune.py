@@ -7,7 +7,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-DEFAULT_LR = 3e-4
+DEFAULT_LR = 1e-3
 
 
 def distill_config(a: argparse.Namespace, tokens: int, lr: float):

@@ -69,7 +69,7 @@ class QuantConfig:
     finetune_lr: float = 1e-4
     # End-to-end distillation against the float model after the last layer (vq2trt.distill); 0 = off.
     distill_tokens: int = 0
-    distill_lr: float = 3e-4
+    distill_lr: float = 1e-3
     bits: int = 2
     group_size: int = 128
     seed: int = 0

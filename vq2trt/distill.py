@@ -50,7 +50,7 @@ class DistillConfig:
     seqlen: int = 512
     batch_size: int = 1          # windows per forward
     grad_accum: int = 4          # forwards per optimizer step
-    lr: float = 3e-4             # peak AdamW learning rate (codebooks, scales, norms)
+    lr: float = 1e-3             # peak AdamW learning rate (codebooks, scales, norms)
     warmup_frac: float = 0.05    # linear warm-up share of the steps, then cosine to 0
     weight_decay: float = 0.0    # decaying codebooks towards 0 would shrink the weights
     seed: int = 0
