@@ -237,6 +237,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                       outlier_num_centroids=4096),
     "v6-k4096": dict(vector_len=6, num_centroids=4096),
     "gptq-w2g128": dict(method="gptq", bits=2, group_size=128),
+    "gptq-w2g64": dict(method="gptq", bits=2, group_size=64),
     "gptq-w3g128": dict(method="gptq", bits=3, group_size=128),
     "gptq-w3g64": dict(method="gptq", bits=3, group_size=64),
     "rtn-w2g128": dict(method="rtn", bits=2, group_size=128),
