@@ -65,3 +65,18 @@ def sample_batch(seed: int = 0, batch: int = 2, seq: int = 6):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, 256, (batch, seq), generator=g)
     return ids
+
+
+def check_prefill_then_decode(dec, ref, ids, prefill: int, atol: float):
+    """ORT decoder logits equal ``ref`` [B, T, V]: ``prefill`` tokens at once, then one token a step.
+    Returns the last KV cache."""
+    import numpy as np
+
+    B, T = ids.shape
+    logits, past = dec.step(ids[:, :prefill].numpy(), np.ones((B, prefill)), np.tile(np.arange(prefill), (B, 1)),
+                            dec.empty_past(B))
+    np.testing.assert_allclose(logits, ref[:, :prefill], atol=atol)
+    for t in range(prefill, T):
+        logits, past = dec.step(ids[:, t:t + 1].numpy(), np.ones((B, t + 1)), np.full((B, 1), t), past)
+        np.testing.assert_allclose(logits[:, 0], ref[:, t], atol=atol)
+    return past

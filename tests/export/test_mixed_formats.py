@@ -4,14 +4,13 @@ the PyTorch model's."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch
 
 from vq2trt.export import op
 
-from .conftest import calib_ids, make_tiny_llama, sample_batch
+from .conftest import calib_ids, check_prefill_then_decode, make_tiny_llama, sample_batch
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -90,9 +89,4 @@ def test_ort_logits_match_torch(mixed_export, library):
     ids = sample_batch(seed=7, seq=7)
     with torch.no_grad():
         ref = model(ids).logits.numpy()
-    B = ids.shape[0]
-    logits, past = dec.step(ids[:, :5].numpy(), np.ones((B, 5)), np.tile(np.arange(5), (B, 1)), dec.empty_past(B))
-    np.testing.assert_allclose(logits, ref[:, :5], atol=ATOL)
-    for t in range(5, 7):
-        logits, past = dec.step(ids[:, t:t + 1].numpy(), np.ones((B, t + 1)), np.full((B, 1), t), past)
-        np.testing.assert_allclose(logits[:, 0], ref[:, t], atol=ATOL)
+    check_prefill_then_decode(dec, ref, ids, 5, ATOL)

@@ -12,7 +12,7 @@ import torch
 from vq2trt.export import op
 from vq2trt.export.decoder import ExportDecoder
 
-from .conftest import sample_batch
+from .conftest import check_prefill_then_decode, sample_batch
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -37,11 +37,7 @@ def test_logits_prefill_and_decode_match_torch(exported, library):
     with torch.no_grad():
         ref = model(ids).logits.numpy()
     B = ids.shape[0]
-    logits, past = dec.step(ids[:, :5].numpy(), np.ones((B, 5)), np.tile(np.arange(5), (B, 1)), dec.empty_past(B))
-    np.testing.assert_allclose(logits, ref[:, :5], atol=ATOL)
-    for t in range(5, 8):
-        logits, past = dec.step(ids[:, t:t + 1].numpy(), np.ones((B, t + 1)), np.full((B, 1), t), past)
-        np.testing.assert_allclose(logits[:, 0], ref[:, t], atol=ATOL)
+    past = check_prefill_then_decode(dec, ref, ids, 5, ATOL)
     assert past[0].shape == (B, dec_t.num_kv_heads, 8, dec_t.head_dim)
 
 
