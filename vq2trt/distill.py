@@ -174,7 +174,6 @@ def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: Dist
                            f"{cfg.seqlen + 1}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     params = trainable_parameters(student)
-    vq = [m for m in student.modules() if isinstance(m, VQLinear)]
     teacher.requires_grad_(False).eval().to(device)
     student.to(device)
     n_params = sum(p.numel() for p in student.parameters())
@@ -189,17 +188,20 @@ def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: Dist
         else:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()  # only switches checkpointing on in HF decoders; LLaMA has no dropout here
+    # One dequantized W per step for every Linear is fast but holds all of them (and their
+    # gradients) in fp32; with checkpointing on, memory wins: each forward dequantizes its own.
+    step_weights = [] if ckpt else [m for m in student.modules() if isinstance(m, VQLinear)]
 
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    steps, start, first = cfg.steps, 0, None
+    steps, start, first, last = cfg.steps, 0, None, float("nan")
     state_path = Path(work_dir) / STATE_FILE if work_dir else None
     fp = _fingerprint(student, teacher, ids, cfg)
     if state_path is not None:
         state_path.parent.mkdir(parents=True, exist_ok=True)
         if state_path.exists():
-            start, first = _load_state(state_path, fp, params, opt)
+            start, first, last = _load_state(state_path, fp, params, opt)
 
-    t0, last = time.perf_counter(), float("nan")
+    t0 = time.perf_counter()
     bar = tqdm(range(start, steps), desc="distill", unit="step", initial=start, total=steps,
                disable=not progress)
     try:
@@ -208,18 +210,18 @@ def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: Dist
                 g["lr"] = cfg.lr * lr_at(step, steps, cfg.warmup_frac)
             starts = _window_starts(cfg.seed, step, cfg.batch_size * cfg.grad_accum, ids.numel() - cfg.seqlen)
             opt.zero_grad(set_to_none=True)
-            for m in vq:
+            for m in step_weights:
                 m.begin_step()
             total = 0.0
-            for m in range(cfg.grad_accum):
-                chunk = starts[m * cfg.batch_size:(m + 1) * cfg.batch_size]
+            for j in range(cfg.grad_accum):
+                chunk = starts[j * cfg.batch_size:(j + 1) * cfg.batch_size]
                 x = torch.stack([ids[s:s + cfg.seqlen] for s in chunk]).to(device)    # [b, L]
                 with torch.no_grad():
                     t_logits = teacher(input_ids=x, use_cache=False).logits            # [b, L, V]
                 loss = kl_per_token(student(input_ids=x, use_cache=False).logits, t_logits) / cfg.grad_accum
                 loss.backward()
                 total += float(loss.detach())
-            for m in vq:
+            for m in step_weights:
                 m.end_step()
             opt.step()
             last = total
@@ -227,11 +229,11 @@ def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: Dist
             done = (step + 1 - start) * cfg.tokens_per_step
             bar.set_postfix(kl=f"{total:.4f}", tok_s=f"{done / (time.perf_counter() - t0):.0f}")
             if state_path is not None and ((step + 1) % cfg.save_every == 0 or step + 1 == steps):
-                _save_state(state_path, {"fingerprint": fp, "step": step + 1, "first": first,
+                _save_state(state_path, {"fingerprint": fp, "step": step + 1, "first": first, "last": last,
                                          "params": {n: p.detach().cpu().clone() for n, p in params.items()},
                                          "opt": opt.state_dict()})
     finally:
-        for m in vq:
+        for m in step_weights:
             m._step_weight = None
         bar.close()
         if ckpt:
@@ -245,7 +247,7 @@ def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: Dist
                          loss_last=float(last), seconds=time.perf_counter() - t0)
 
 
-def _load_state(path: Path, fp: str, params: dict[str, nn.Parameter], opt) -> tuple[int, float]:
+def _load_state(path: Path, fp: str, params: dict[str, nn.Parameter], opt) -> tuple[int, float, float]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn file cannot happen (atomic rename) but a disk error can
@@ -257,7 +259,7 @@ def _load_state(path: Path, fp: str, params: dict[str, nn.Parameter], opt) -> tu
         for n, p in params.items():
             p.copy_(state["params"][n].to(p))
     opt.load_state_dict(state["opt"])
-    return int(state["step"]), float(state["first"])
+    return int(state["step"]), float(state["first"]), float(state["last"])
 
 
 def round_to_stored(model: nn.Module) -> None:
