@@ -195,6 +195,15 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_arguments(p: argparse.ArgumentParser, no_resume_help: str) -> None:
+    """Flags every long-running, resumable command that writes a folder takes."""
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-resume", action="store_true", help=no_resume_help)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vq2trt", description="~2-bit vector-quantized LLMs for TensorRT and ONNX Runtime")
     sub = p.add_subparsers(dest="command", required=True)
@@ -219,11 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_arguments(q)
     from vq2trt.cli_allocate import add_allocate_arguments
     add_allocate_arguments(q)
-    q.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    q.add_argument("--threads", type=int, help="torch CPU threads")
-    q.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    q.add_argument("--no-resume", action="store_true", help="discard finished layers of an interrupted run")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(q, "discard finished layers of an interrupted run")
     q.set_defaults(func=cmd_quantize)
 
     e = sub.add_parser("eval", help="perplexity and a greedy generation (quantized checkpoint or float model)")

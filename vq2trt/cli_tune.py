@@ -89,9 +89,6 @@ def add_parsers(sub) -> None:
     f.add_argument("--out", required=True, help="checkpoint folder to write")
     add_distill_arguments(f)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    f.add_argument("--threads", type=int, help="torch CPU threads")
-    f.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    f.add_argument("--no-resume", action="store_true", help="discard the state of an interrupted run")
-    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    from vq2trt.cli import add_run_arguments
+    add_run_arguments(f, "discard the state of an interrupted run")
     f.set_defaults(func=cmd_finetune)
