@@ -41,21 +41,26 @@ class Row:
     target_bits: float | None = None                    # bit allocation over the candidates
     distill_tokens: int = 0
     lever: str = ""
+    candidates: str | None = None                       # None: --candidates
 
     def quant_key(self, a) -> dict:
         return {"preset": self.preset, "overrides": self.overrides, "target_bits": self.target_bits,
-                "candidates": a.candidates if self.target_bits else None, "samples": a.samples,
-                "seqlen": a.seqlen, "kmeans_iters": a.kmeans_iters}
+                "candidates": (self.candidates or a.candidates) if self.target_bits else None,
+                "samples": a.samples, "seqlen": a.seqlen, "kmeans_iters": a.kmeans_iters}
 
 
 # Token budgets scale with --distill-scale (1 on a 2-core CPU).
 D_SMALL, D_LARGE = 32_768, 131_072
+# Around 3.3 bits the allocation steps from ~2 to ~3 to ~4 index bits.
+C_33 = "v4-k256-o1,v3-k512-o1,v2-k256-o1"
 ROWS = [
     Row("float", None, "-", lever="fp16 (dequantized Q4_1 GGUF)"),
     Row("gptq-2", "gptq-w2g128", "~2", lever="GPTQ"),
     Row("vptq-2", "v4-k256", "~2", lever="VPTQ as before this issue"),
     Row("vptq-2+lft", "v4-k256", "~2", {"finetune_steps": 50}, lever="+ layer-wise FT (50 steps)"),
     Row("vptq-2+oah", "v4-k256", "~2", {"hessian": "output-aware"}, lever="+ output-aware Hessians"),
+    Row("vptq-2+cal", "v4-k256", "~2", {"calib_samples": 128, "calib_seqlen": 2048},
+        lever="+ calibration 128 x 2048 tokens"),
     Row("vptq-2+d-s", "v4-k256", "~2", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("gptq-2.3", "gptq-w2g64", "~2.3", lever="GPTQ"),
     Row("vptq-2.3", "v4-k256", "~2.3", target_bits=2.3, lever="+ bit allocation"),
@@ -64,6 +69,9 @@ ROWS = [
     Row("gptq-3", "gptq-w3g128", "~3", lever="GPTQ"),
     Row("vptq-3", "v3-k512-o1", "~3", lever="VPTQ as before this issue"),
     Row("vptq-3+d-s", "v3-k512-o1", "~3", distill_tokens=D_SMALL, lever="+ distillation (small)"),
+    Row("vptq-3.3", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, lever="+ bit allocation"),
+    Row("vptq-3.3+d-l", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, distill_tokens=D_LARGE,
+        lever="+ distillation (large)"),
 ]
 
 
@@ -102,13 +110,14 @@ class Bench:
         if (folder / "meta.json").exists():
             return folder / "ckpt", json.loads((folder / "meta.json").read_text())
         model, tok = self.load_model()
-        config = resolve_config(row.preset, calib_samples=self.a.samples, calib_seqlen=self.a.seqlen,
-                                kmeans_iters=self.a.kmeans_iters, **row.overrides)
+        config = resolve_config(row.preset, **{"calib_samples": self.a.samples, "calib_seqlen": self.a.seqlen,
+                                               "kmeans_iters": self.a.kmeans_iters, **row.overrides})
         calib = calibration_batch(tok, self.calib_text, config.calib_samples, config.calib_seqlen, config.seed)
         t0 = time.perf_counter()
         if row.target_bits:
             from vq2trt.allocate import allocate
-            config = allocate(model, calib, self.a.candidates.split(","), row.target_bits, base=config,
+            config = allocate(model, calib, (row.candidates or self.a.candidates).split(","), row.target_bits,
+                              base=config,
                               device=self.a.device)
         res = quantize(model, config, calib, device=self.a.device, progress=True)
         secs = time.perf_counter() - t0

@@ -16,6 +16,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.data import DataError
     from vq2trt.distill import DistillError
     from vq2trt.evaluate import EvalError
+    from vq2trt.export.embedding import EmbeddingError
     from vq2trt.export.graph import ExportError
     from vq2trt.format import FormatError
     from vq2trt.io import CheckpointError
@@ -23,7 +24,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.quantize import QuantizeError
     from vq2trt.runtime.session import RunError
     return ConfigError, FormatError, CheckpointError, ModelLoadError, DataError, EvalError, QuantizeError, \
-        ExportError, RunError, DistillError, FileNotFoundError
+        ExportError, EmbeddingError, RunError, DistillError, FileNotFoundError
 
 
 def _work_dir(out: Path) -> Path:
@@ -38,6 +39,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
     from vq2trt.config import resolve_config
     from vq2trt.data import calibration_batch, read_text
+    from vq2trt.head import with_head
     from vq2trt.io import save_quantized, save_simulated
     from vq2trt.models import load_model
     from vq2trt.quantize import quantize
@@ -48,6 +50,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     config = resolve_config(a.config, seed=a.seed, calib_samples=a.samples, calib_seqlen=a.seqlen,
                             finetune_steps=a.finetune_steps, kmeans_iters=a.kmeans_iters, hessian=a.hessian,
                             distill_tokens=a.distill_tokens or None, distill_lr=a.distill_lr)
+    with_head(config, a.head)                   # a bad head preset fails before any work
     text = read_text(a.calib)                   # fail on bad calibration data before any work
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -68,6 +71,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     if a.target_bits is not None or a.candidates:
         from vq2trt.cli_allocate import allocated_config
         config = allocated_config(model, calib, config, work, a)
+    config = with_head(config, a.head)
     result = quantize(model, config, calib, work_dir=work, device=a.device, progress=not a.quiet)
     if distill is not None:
         from vq2trt.cli_tune import run_distill
@@ -77,7 +81,8 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     shutil.rmtree(work, ignore_errors=True)
     n = len(result.reports)
     print(f"quantized {n} Linear layers with {config.method} in {result.seconds:.1f} s")
-    print(f"all-in bits per weight over quantized Linears: {result.bits_per_weight:.3f}")
+    print(f"all-in bits per weight over quantized Linears: {result.bits_per_weight:.3f}"
+          + ("" if result.head is None else f" (decoder layers; lm_head {result.head_bits_per_weight:.3f})"))
     print(f"mean proxy error tr(dW H dW^T)/tr(W H W^T): {sum(r.proxy_err for r in result.reports) / max(n, 1):.4f}")
     print(f"wrote {out}")
     return 0
@@ -105,10 +110,12 @@ def linear_size(model) -> tuple[float, float]:
 
     bits, n = 0, 0
     for name, m in model.named_modules():
+        if "lm_head" in name:
+            continue
         if isinstance(m, VQLinear):
             w = m.to_vqweight()
             bits, n = bits + w.stored_bits(), n + w.out_features * w.in_features
-        elif isinstance(m, nn.Linear) and "lm_head" not in name:
+        elif isinstance(m, nn.Linear):
             bits, n = bits + 16 * m.weight.numel(), n + m.weight.numel()
     return bits / 8 / 2**20, bits / max(n, 1)
 
@@ -222,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--hessian", choices=HESSIANS,
                    help="input: H = E[x xᵀ]; output-aware: tokens weighted by the float model's end-loss "
                         "gradient at each Linear's output (GuidedQuant; one extra backward pass)")
+    q.add_argument("--head", metavar="PRESET",
+                   help="also quantize lm_head in this VPTQ format (e.g. v2-k256-o1, ~4 bits); a tied head "
+                        "is untied and the embedding stays float (export --embedding int8 stores it compactly)")
     q.add_argument("--distill-tokens", type=int,
                    help="then distil end to end against the float model on this many calibration tokens (0 = off)")
     from vq2trt.cli_tune import add_distill_arguments

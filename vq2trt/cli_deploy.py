@@ -12,7 +12,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     model, tok, quantized = _load_any(a.checkpoint, "cpu")
     out = export_onnx(model, a.out, accuracy_level=a.accuracy_level, overwrite=a.overwrite, tokenizer=tok,
-                      source=a.checkpoint, dtype=a.dtype)
+                      source=a.checkpoint, dtype=a.dtype, embedding=a.embedding)
     import onnx
 
     proto = onnx.load(str(Path(out) / "model.onnx"), load_external_data=False)
@@ -171,6 +171,10 @@ def add_parsers(sub) -> None:
     x.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="compute dtype of the graph and its KV cache (logits stay float32); float16/bfloat16 "
                         "for strongly typed TensorRT engines")
+    x.add_argument("--embedding", default="float32", choices=("float32", "float16", "int8"),
+                   help="stored form of the token embedding table: int8 rows with a float32 scale each (a "
+                        "quarter of float32) or float16; needs an lm_head that is not the same tensor "
+                        "(quantize --head, or an untied model)")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 

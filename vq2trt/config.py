@@ -232,6 +232,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "v4-k256-r4": dict(vector_len=4, num_centroids=256, num_res_centroids=4),
     # ~3 bits with a residual: the 2-bit main codebook plus a 16-entry residual (4 bits per 4 weights).
     "v4-k256-r16": dict(vector_len=4, num_centroids=256, num_res_centroids=16),
+    # ~4 bits: 8-bit indices per 2 weights plus the outlier codebook; the step above 3 bits for
+    # --target-bits 3.3, where down_proj and the first layers are worth a whole extra bit.
+    "v2-k256-o1": dict(vector_len=2, num_centroids=256, outlier_frac=0.01, outlier_vector_len=2,
+                       outlier_num_centroids=256),
     # Paper's 2-bit settings for 7B+ models (1 MiB codebook per layer pays off only there).
     "v8-k65536": dict(vector_len=8, num_centroids=65536, outlier_frac=0.01, outlier_vector_len=4,
                       outlier_num_centroids=4096),

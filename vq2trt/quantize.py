@@ -29,6 +29,7 @@ from vq2trt.algo.finetune import finetune_layer
 from vq2trt.config import QuantConfig
 from vq2trt.format import FORMAT_VERSION, FormatError, VQWeight
 from vq2trt.guided import output_gradient_weights
+from vq2trt.head import HEAD, quantize_head, quantizes_head, untie_head
 from vq2trt.nn import VQLinear, replace_linear
 
 STATE_FILE = "state.json"
@@ -51,17 +52,23 @@ class LayerReport:
 class QuantizeResult:
     config: QuantConfig
     weights: dict[str, VQWeight] = field(default_factory=dict)     # vptq: stored form per Linear
+    head: VQWeight | None = None                                    # a quantized lm_head (vq2trt.head)
     reports: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
     def bits_per_weight(self) -> float:
-        """All-in bits per weight over every quantized Linear (indices, codebooks, scales, perm)."""
+        """All-in bits per weight over the decoder's quantized Linears (indices, codebooks, scales,
+        perm); a quantized head is counted apart (head_bits_per_weight), as papers report it."""
         if self.config.method != "vptq":
             return scalar_bits_per_weight(self.config.bits, self.config.group_size)
         bits = sum(w.stored_bits() for w in self.weights.values())
         n = sum(w.out_features * w.in_features for w in self.weights.values())
         return bits / max(n, 1)
+
+    @property
+    def head_bits_per_weight(self) -> float | None:
+        return None if self.head is None else self.head.bits_per_weight()
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -137,13 +144,13 @@ class _WorkDir:
         else:
             _atomic_write_text(state, json.dumps(fingerprint, indent=2, sort_keys=True))
 
-    def file(self, i: int) -> Path:
-        return self.path / f"layer_{i:03d}.safetensors"
+    def file(self, i: int | str) -> Path:
+        return self.path / (f"layer_{i:03d}.safetensors" if isinstance(i, int) else f"{i}.safetensors")
 
-    def done(self, i: int) -> bool:
+    def done(self, i: int | str) -> bool:
         return self.path is not None and self.file(i).exists()
 
-    def load(self, i: int) -> tuple[dict[str, np.ndarray], dict] | None:
+    def load(self, i: int | str) -> tuple[dict[str, np.ndarray], dict] | None:
         if self.path is None or not self.file(i).exists():
             return None
         from safetensors import safe_open
@@ -155,7 +162,7 @@ class _WorkDir:
             raise QuantizeError(f"cannot read finished layer {self.file(i)} ({e}); delete it to redo that layer") from e
         return tensors, meta
 
-    def save(self, i: int, tensors: dict[str, np.ndarray], reports: list[LayerReport]) -> None:
+    def save(self, i: int | str, tensors: dict[str, np.ndarray], reports: list[LayerReport]) -> None:
         if self.path is None:
             return
         tmp = self.file(i).with_suffix(".tmp")
@@ -284,8 +291,31 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
         layer.to(home)
         bar.set_postfix(bpw=f"{result.bits_per_weight:.3f}",
                         err=f"{np.mean([r.proxy_err for r in reports]) if reports else 0:.4f}")
+    if config.method == "vptq" and quantizes_head(config):
+        _head_stage(model, config, batches, device, work, result)
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _head_stage(model, config, batches, device, work, result) -> None:
+    done = work.load(HEAD)
+    if done is not None:
+        untie_head(model)
+        head = model.get_submodule(HEAD)
+        own = {k[len(HEAD) + 1:]: v for k, v in done[0].items() if k.startswith(HEAD + ".")}
+        try:
+            w = VQWeight.from_tensors(own, where=HEAD)
+        except FormatError as e:
+            raise QuantizeError(f"saved head {work.file(HEAD)} is damaged: {e}; delete it to redo the head") from e
+        replace_linear(model, HEAD, VQLinear(w, dtype=head.weight.dtype).to(head.weight.device))
+        r = done[1][0]
+        report = LayerReport(r["name"], tuple(r["shape"]), r["bits_per_weight"], r["proxy_err"], r["seconds"])
+    else:
+        w, err, secs = quantize_head(model, config, batches, device)
+        report = LayerReport(HEAD, (w.out_features, w.in_features), w.bits_per_weight(), err, secs)
+        work.save(HEAD, {f"{HEAD}.{k}": v for k, v in w.tensors().items()}, [report])
+    result.head = w
+    result.reports.append(report)
 
 
 def all_quantizable_linears(layers: nn.ModuleList, skip: list[str]) -> dict[str, nn.Linear]:
@@ -301,7 +331,7 @@ def _check_module_overrides(layers, config: QuantConfig) -> None:
     if not config.modules:
         return
     names = all_quantizable_linears(layers, config.skip_modules)
-    unknown = sorted(set(config.modules) - set(names))
+    unknown = sorted(set(config.modules) - set(names) - ({HEAD} if quantizes_head(config) else set()))
     if unknown:
         raise QuantizeError(f"quantization config: modules {unknown[:5]} name no quantized Linear of this model; "
                             f"expected full names such as {next(iter(names), 'model.layers.0.mlp.down_proj')!r} "

@@ -20,6 +20,8 @@ from torch import nn
 
 from vq2trt.export import op
 from vq2trt.export.decoder import ExportDecoder, resolve_dtype
+from vq2trt.export.embedding import MODES as EMBEDDING_MODES
+from vq2trt.export.embedding import EmbeddingError, compact_embedding
 from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
 from vq2trt.nn import VQLinear, replace_linear
 
@@ -44,14 +46,18 @@ def _translation():
     return {torch.ops.vq2trt.vq_gemm.default: vq_gemm}
 
 
-def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype = "float32") -> ExportDecoder:
+def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype = "float32",
+            embedding: str = "float32") -> ExportDecoder:
     """A copy of ``model`` with every VQLinear swapped for its export twin, in the KV-cache decoder
-    computing in ``dtype`` (the copy's float parameters cast; the caller's model is untouched)."""
+    computing in ``dtype`` (the copy's float parameters cast; the caller's model is untouched),
+    its embedding table stored as ``embedding`` (vq2trt.export.embedding)."""
     model = copy.deepcopy(model)
     for name, mod in list(model.named_modules()):
         if isinstance(mod, VQLinear):
             replace_linear(model, name, VQGemmLinear(mod.to_vqweight(), accuracy_level))
-    return ExportDecoder(model, dtype).eval()
+    dec = ExportDecoder(model, dtype).eval()
+    compact_embedding(dec, embedding)
+    return dec
 
 
 def _sample_inputs(dec: ExportDecoder, batch: int = 2, seq: int = 3, past: int = 4):
@@ -74,15 +80,18 @@ def _dynamic_shapes(dec: ExportDecoder):
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
                 overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
-                dtype: str = "float32") -> Path:
+                dtype: str = "float32", embedding: str = "float32") -> Path:
     """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
 
     ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`.
-    ``dtype``: compute dtype of the graph (float32, float16, bfloat16); logits stay float32."""
+    ``dtype``: compute dtype of the graph (float32, float16, bfloat16); logits stay float32.
+    ``embedding``: stored form of the embedding table (float32, float16, int8)."""
     from vq2trt.export.graph import finalize, write_folder
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
-    dec = prepare(model, accuracy_level, dtype)
+    if embedding not in EMBEDDING_MODES:
+        raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
+    dec = prepare(model, accuracy_level, dtype, embedding)
     args = _sample_inputs(dec)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

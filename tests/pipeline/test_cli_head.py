@@ -1,0 +1,55 @@
+"""`vq2trt quantize --head` then `vq2trt export --embedding int8` on a tiny tied model: the
+folder holds no float copy of the table, runs in ONNX Runtime, and bad flags fail before work."""
+
+import json
+
+import pytest
+
+from vq2trt.cli import main
+
+from .test_cli import _args, _fails
+from .tiny import TEXT, save_tiny
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def calib(tmp_path):
+    p = tmp_path / "calib.txt"
+    p.write_text(TEXT)
+    return p
+
+
+def test_head_and_int8_embedding_end_to_end(model_dir, calib, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"vector_len": 4, "num_centroids": 16}))
+    out = tmp_path / "q"
+    assert main(_args(model_dir, calib, out, "--config", str(cfg), "--head", "v4-k256")) == 0
+    assert "lm_head" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    onnx_dir = tmp_path / "onnx"
+    assert main(["export", str(out), "--out", str(onnx_dir), "--embedding", "int8"]) == 0
+    float_dir = tmp_path / "onnx-f32"
+    assert main(["export", str(out), "--out", str(float_dir)]) == 0
+    size = lambda d: sum(f.stat().st_size for f in d.iterdir())  # noqa: E731
+    # the table is 128 x 64: 32 KiB in float32, 8 KiB + scales in int8
+    assert size(float_dir) - size(onnx_dir) > 0.7 * 128 * 64 * 4
+    capsys.readouterr()
+    assert main(["run", str(onnx_dir), "--prompt", "the quick", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_bad_head_preset_fails_before_work(model_dir, calib, tmp_path, capsys):
+    out = tmp_path / "q"
+    _fails(_args(model_dir, calib, out, "--head", "gptq-w2g128"), capsys, "not a VPTQ preset", "gptq-w2g128")
+    assert not out.exists() and not (tmp_path / ".q.partial").exists()
+
+
+def test_int8_embedding_of_a_tied_float_head_is_refused(model_dir, tmp_path, capsys):
+    _fails(["export", str(model_dir), "--out", str(tmp_path / "o"), "--embedding", "int8"], capsys,
+           "quantize the head")
+    assert not (tmp_path / "o").exists()
