@@ -126,7 +126,8 @@ def main(argv=None) -> int:
         info = json.loads((f / "vq2trt_onnx.json").read_text())
         kind = f"accuracy_level {info.get('accuracy_level', 0)}" if info.get("quantized") else "float"
         pre, dec = time_onnx(f, a.prompt, a.gen, a.reps, a.threads)
-        rows.append((f"vq2trt {f.name} ({kind}, embedding {info.get('embedding', 'float32')})", folder_mib(f), pre, dec))
+        name = f"vq2trt {f.name} ({kind}, embedding {info.get('embedding', 'float32')})"
+        rows.append((name, folder_mib(f), pre, dec))
         print(rows[-1], flush=True)
     for g in a.gguf:
         pre, dec = time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads)
