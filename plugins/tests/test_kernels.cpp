@@ -3,6 +3,7 @@
 // scalar reference on random formats.
 #include <cmath>
 #include <cstdio>
+#include <initializer_list>
 #include <random>
 #include <string>
 #include <vector>
@@ -40,7 +41,7 @@ void compare(const char* what, const std::vector<float>& got, const std::vector<
   }
 }
 
-void check_weight(std::mt19937& rng, const VQGemmDims& d) {
+void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<int64_t> rows = {1, 3, 8, 12}) {
   test::RandomWeight w = test::random_weight(rng, d);
   const std::string err = validate_data(w.desc);
   if (!err.empty()) {
@@ -53,16 +54,17 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d) {
                 long(d.N), long(d.K), long(d.n_out), long(d.v), long(d.k), long(d.G), long(d.k_r), long(d.v_o),
                 long(d.k_o), int(d.normalized), int(d.has_bias));
   std::normal_distribution<float> g(0.f, 1.f);
-  for (int64_t M : {1, 3, 8, 12}) {
+  for (int64_t M : rows) {
     std::vector<float> x(size_t(M * d.K)), ref(size_t(M * d.N)), y(size_t(M * d.N));
     for (auto& v : x) v = g(rng);
     vq_gemm_reference(w.desc, x.data(), M, ref.data());
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-      if (isa > detect_isa()) continue;
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+      if (native_isa(isa) != isa) continue;  // not on this CPU or not in this build
       for (int level : {0, 4}) {
         PrepackedPtr p = prepack(w.desc, level, isa);
         vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
-        const bool int8 = level == 4 && isa != Isa::kScalar && M <= 8;  // AVX2: only parts with k <= 16
+        // int8 routes exist on x86 only (AVX2: only parts with k <= 16)
+        const bool int8 = level == 4 && (isa == Isa::kAvx2 || isa == Isa::kAvx512) && M <= 8;
         const std::string what = std::string(name) + " M=" + std::to_string(M) + " isa=" + isa_name(isa) +
                                  " level=" + std::to_string(level);
         compare(what.c_str(), y, ref, int8 ? kInt8RelTol : kFloatRelTol);
@@ -106,6 +108,32 @@ int main() {
       {30, 100, 0, 4, 16, 2, 0, 0, 0, true, false},     // level-4 float head: 4-bit, v = 4
   };
   for (const auto& d : fixed) check_weight(rng, d);
+  // v = 4 with 8-bit indices (AVX2: decode_avx2.cpp) at every decode row count: N not a multiple
+  // of the 8 or 6 vector rows of a pass (down to a single vector row), tasks of several passes
+  // (N = 1000: 16 rows each), column counts that are not a multiple of 8, groups starting at odd
+  // bytes, 8-bit residual and outliers on the same kernel, outliers on other kernels (v = 2; v = 3
+  // with k = 16, on the int8 route at level 4 with no int8 tail), a 4-bit residual whose int8 tail
+  // follows a float head.
+  const VQGemmDims v4k256[] = {
+      {3, 40, 0, 4, 256, 1, 0, 0, 0, false, false},
+      {6, 41, 0, 4, 256, 1, 0, 0, 0, false, true},
+      {37, 90, 0, 4, 256, 1, 0, 0, 0, false, false},
+      {1000, 160, 0, 4, 256, 1, 0, 0, 0, true, false},
+      {101, 200, 6, 4, 256, 3, 256, 4, 256, true, true},
+      {70, 150, 5, 4, 256, 2, 16, 2, 256, false, true},
+      {90, 300, 8, 4, 256, 1, 0, 3, 16, true, false},
+  };
+  for (const auto& d : v4k256) check_weight(rng, d, {1, 2, 3, 4, 5, 6, 7, 8, 13});
+  // Prefill (M > 8: the float path at every level): parts longer than the 256-column chunk of
+  // kernels_float.inc (one, two and three chunks, the last partial; a group boundary inside a
+  // chunk), row counts around the 4 / 6 activation rows of a block, 16-row tiles cut by N.
+  const VQGemmDims prefill[] = {
+      {21, 600, 0, 4, 256, 1, 0, 0, 0, true, true},
+      {40, 520, 7, 3, 512, 2, 0, 2, 256, true, false},
+      {9, 257, 0, 2, 16, 1, 4, 0, 0, false, true},
+      {18, 780, 0, 8, 64, 3, 0, 0, 0, false, false},
+  };
+  for (const auto& d : prefill) check_weight(rng, d, {9, 12, 13, 19, 24});
   // Random formats.
   for (int t = 0; t < 24; ++t) {
     VQGemmDims d;

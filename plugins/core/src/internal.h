@@ -100,6 +100,7 @@ inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
 VQ2TRT_DECLARE_FLOAT_KERNEL(scalar)
 VQ2TRT_DECLARE_FLOAT_KERNEL(avx2)
 VQ2TRT_DECLARE_FLOAT_KERNEL(avx512)
+VQ2TRT_DECLARE_FLOAT_KERNEL(neon)
 
 namespace avx512 {
 // xq: int8 x' [M, xq_stride] for the part's segment; sx: block scales [M, sx_stride];
@@ -116,6 +117,9 @@ namespace avx2 {
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
                int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
+// As part_float for a part with v = 4 and byte-aligned 8-bit indices: the same float32 products,
+// summed in another order (decode_avx2.cpp).
+void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
 }  // namespace avx2
 
 namespace avx512 {

@@ -13,13 +13,17 @@ void PrepackedDeleter::operator()(Prepacked* p) const { delete p; }
 
 Isa detect_isa() {
   static const Isa detected = [] {
-    __builtin_cpu_init();
     Isa isa = Isa::kScalar;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = Isa::kAvx2;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni"))
       isa = Isa::kAvx512;
+#elif defined(__aarch64__)
+    isa = Isa::kNeon;  // Advanced SIMD is part of the ARMv8-A base architecture
+#endif
     // VQ2TRT_ISA=scalar|avx2 caps the choice, to compare paths on one machine.
     if (const char* cap = std::getenv("VQ2TRT_ISA")) {
       if (!std::strcmp(cap, "scalar")) isa = Isa::kScalar;
@@ -30,11 +34,22 @@ Isa detect_isa() {
   return detected;
 }
 
+Isa native_isa(Isa wanted) {
+  const Isa best = detect_isa();
+  if (wanted == Isa::kScalar || best == Isa::kScalar) return Isa::kScalar;
+  // An x86 request on an ARM build (or the reverse) means "this machine's best": tests and
+  // callers name ISAs without knowing which architecture they were compiled for.
+  const bool x86 = best == Isa::kAvx2 || best == Isa::kAvx512;
+  if (x86 != (wanted == Isa::kAvx2 || wanted == Isa::kAvx512)) return best;
+  return wanted < best ? wanted : best;
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kNeon: return "neon";
   }
   return "?";
 }
@@ -103,8 +118,9 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   Prepacked& p = *pp;
   p.dims = d;
   p.accuracy_level = accuracy_level;
-  p.isa = std::min(isa, detect_isa());
-  const Isa int8 = accuracy_level >= 4 ? p.isa : Isa::kScalar;  // kScalar: no int8 tables
+  p.isa = native_isa(isa);
+  // kScalar: no int8 tables (NEON has no int8 route yet: its level 4 is the float path)
+  const Isa int8 = accuracy_level >= 4 && p.isa != Isa::kNeon ? p.isa : Isa::kScalar;
   p.perm.assign(w.perm, w.perm + d.K);
   // Clamp so that even an unvalidated perm cannot index outside X.
   for (auto& ch : p.perm) ch = std::clamp<int32_t>(ch, 0, int32_t(d.K - 1));

@@ -57,12 +57,36 @@ void run_rows(void* arg, size_t task) {
   // page apart for 4096 columns) and paid a memory latency per row. The tail's sums wait in
   // `tail` and are added after the head's, so y sees the same float32 additions in the same order.
   thread_local std::vector<float> tail;
+  // Float parts; `head`: one that is on the float route only as the int8 route's head. On AVX2 the
+  // 8-bit v = 4 parts (the default format) take their own kernel at every M (decode_avx2.cpp,
+  // which also uses BMI2: every AVX2 CPU has it, but detect_isa() does not ask).
+  // The x86 kernels exist only in x86 builds (VQ2TRT_X86) and NEON's only in aarch64 builds;
+  // prepack() never sets an ISA the build lacks (native_isa).
+  auto float_part = [&](const Part& q, bool head) {
+#if VQ2TRT_X86
+    static const bool bmi2 = __builtin_cpu_supports("bmi2");
+    if (p.isa == Isa::kAvx512)
+      return (head ? avx512::part_head : avx512::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+    if (p.isa == Isa::kAvx2 && bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0)
+      return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
+    if (p.isa == Isa::kAvx2)
+      return (head ? avx2::part_head : avx2::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+#elif VQ2TRT_NEON
+    if (p.isa == Isa::kNeon)
+      return (head ? neon::part_head : neon::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+#endif
+    (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+  };
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
+#if VQ2TRT_X86
       const Segment& s = p.segments[size_t(q.segment)];
       (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
                         p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
+#else
+      (void)q, (void)yq, (void)ys, (void)y0, (void)nseg;  // no int8 parts outside x86 (prepack)
+#endif
     };
     if (c.use_int8 && pt.int8) {
       int8_part(pt, c.y, N, 0);
@@ -71,19 +95,11 @@ void run_rows(void* arg, size_t task) {
       const int64_t rows = n1 - n0;
       tail.assign(size_t(c.M * rows), 0.f);
       int8_part(p.parts[++i], tail.data(), rows, n0);
-      (p.isa == Isa::kAvx512 ? avx512::part_head : p.isa == Isa::kAvx2 ? avx2::part_head : scalar::part_head)(
-          pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+      float_part(pt, true);
       for (int64_t m = 0; m < c.M; ++m)
         for (int64_t n = n0; n < n1; ++n) c.y[m * N + n] += tail[size_t(m * rows + n - n0)];
-    } else if (c.use_int8) {  // a head with no int8 tail (outlier columns), or AVX2's k > 16 parts
-      (p.isa == Isa::kAvx512 ? avx512::part_head : p.isa == Isa::kAvx2 ? avx2::part_head : scalar::part_head)(
-          pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
-    } else if (p.isa == Isa::kAvx512) {
-      avx512::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
-    } else if (p.isa == Isa::kAvx2) {
-      avx2::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
-    } else {
-      scalar::part_float(pt, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
+    } else {  // with use_int8: a head with no int8 tail (outlier columns), or AVX2's k > 16 parts
+      float_part(pt, c.use_int8);
     }
   }
 }
@@ -164,7 +180,12 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
           for (int64_t c = 0; c < g.count; ++c) xs[size_t((c & ~int64_t(127)) + (c & 1) * 64 + ((c & 127) >> 1))] = xg[c];
           xg = xs.data();
         }
-        corr[size_t(m * nseg + s)] = (p.isa == Isa::kAvx512 ? avx512::quantize_segment : quantize_segment)(xg, count,
+#if VQ2TRT_X86
+        auto quantize = p.isa == Isa::kAvx512 ? avx512::quantize_segment : quantize_segment;
+#else
+        auto quantize = quantize_segment;
+#endif
+        corr[size_t(m * nseg + s)] = quantize(xg, count,
                                                       xq.data() + m * p.xq_bytes + g.byte_offset,
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }

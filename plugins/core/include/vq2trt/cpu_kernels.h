@@ -21,9 +21,13 @@ struct ParallelFor {
   void operator()(TaskFn fn, size_t n_tasks, void* arg) const;
 };
 
-// Instruction sets a kernel may use; detect_isa() asks the CPU at run time.
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 /* F, BW, VL, VBMI, VNNI */ };
+// Instruction sets a kernel may use; detect_isa() asks the CPU at run time. kNeon is the
+// aarch64 build's (ARMv8-A Advanced SIMD); x86 builds never report it, ARM builds never AVX.
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 /* F, BW, VL, VBMI, VNNI */, kNeon = 3 };
 Isa detect_isa();
+// The ISA prepack() uses for a request: at most detect_isa(), and this build's best for a
+// request of the other architecture.
+Isa native_isa(Isa wanted);
 const char* isa_name(Isa isa);
 
 struct Prepacked;  // opaque: parts, lookup tables, permuted scales

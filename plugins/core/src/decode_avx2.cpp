@@ -1,0 +1,230 @@
+// AVX2 float kernel for 8-bit indices with v = 4 (the default v4-k256 format), any M.
+//
+// A 256-entry lookup on AVX2 is bound by loads: vpshufb covers 16 entries (a 256-entry byte
+// lookup needs 16 shuffles per 32 weights) and a gather is one load per element. The float table
+// gives the most weights per load: one 16-byte row is a whole vector of 4 weights. So each load
+// fetches a table row, two rows (two vector rows, i.e. eight output rows, at one column) fill a
+// ymm register, and one broadcast of x'[m, c] serves every row of the pass. Index bytes are read
+// eight at a time from the packed rows and taken apart in general registers (ALU ports, which the
+// lookup leaves idle), so nothing is unpacked to memory first and no horizontal sums are needed:
+// the lanes of an accumulator are output rows. Each table row pair feeds up to four activation
+// rows, which makes M >= 4 bound by the FMAs (two 8-lane FMAs a cycle) like a dense GEMM:
+// part_float's dequantize-a-tile path is no faster there on AVX2. Exact float32 products; sums
+// in column order per accumulator (for M = 1 even and odd columns apart, then added).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "internal.h"
+
+namespace vq2trt {
+namespace avx2 {
+namespace {
+
+inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t hi(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Table row of index byte P of q as a byte offset (16 bytes a row): a rotate and a mask leave it
+// ready for the address, with no extra shift to scale it. Built with -mbmi2 (the caller checks
+// the CPU): rorx keeps q, so no register copy per index, 5-9 % faster at M = 1, 2.
+template <int P>
+inline const float* row_at(const float* tab, uint64_t q) {
+  constexpr int s = (8 * P - 4) & 63;
+  const uint64_t off = ((q >> s) | (q << ((64 - s) & 63))) & 0xff0u;
+  return reinterpret_cast<const float*>(reinterpret_cast<const char*>(tab) + off);
+}
+
+inline __m256 pair_row(const float* a, const float* b) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(a)), _mm_loadu_ps(b), 1);
+}
+
+// RP row pairs (8·RP output rows) by MB activation rows; NA accumulator sets take alternate
+// columns so that an accumulator's next FMA does not wait on its last (see sets()). XB:
+// x' comes as four columns in both lanes (one vbroadcastf128 per four columns) and vpermilps
+// broadcasts each, instead of one vbroadcastss load per column: loads are the bound, shuffles
+// are not. XF: a column's MB broadcasts first, then each table row pair is used at once; else
+// the RP pairs first: whichever keeps fewer registers live next to the accumulators. The loops
+// are unrolled by force: left as loops, the accumulators live on the stack.
+template <int MB, int RP, int NA, bool XB, bool XF>
+struct Pass {
+  static_assert(NA == 1 || NA == 2 || NA == 4, "see the final sum");
+  template <int P>
+  static inline void column(__m256 (&a)[NA][MB][RP], const uint64_t* q, const float* tab, const float* x,
+                            int64_t xs, const __m256* x4) {
+    auto xcol = [&](int m) {
+      return XB ? _mm256_permute_ps(x4[m], (P & 3) * 0x55) : _mm256_broadcast_ss(x + m * xs + P);
+    };
+    auto wrow = [&](int k) { return pair_row(row_at<P>(tab, q[2 * k]), row_at<P>(tab, q[2 * k + 1])); };
+    if (XF) {
+      __m256 xv[MB];
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m) xv[m] = xcol(m);
+#pragma GCC unroll 16
+      for (int k = 0; k < RP; ++k) {
+        const __m256 w = wrow(k);
+#pragma GCC unroll 16
+        for (int m = 0; m < MB; ++m) a[P % NA][m][k] = _mm256_fmadd_ps(w, xv[m], a[P % NA][m][k]);
+      }
+    } else {
+      __m256 w[RP];
+#pragma GCC unroll 16
+      for (int k = 0; k < RP; ++k) w[k] = wrow(k);
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m) {
+        const __m256 xv = xcol(m);
+#pragma GCC unroll 16
+        for (int k = 0; k < RP; ++k) a[P % NA][m][k] = _mm256_fmadd_ps(w[k], xv, a[P % NA][m][k]);
+      }
+    }
+  }
+
+  template <int P>
+  static inline void column4(__m256 (&a)[NA][MB][RP], const uint64_t* q, const float* tab, const float* x,
+                             int64_t xs) {
+    __m256 x4[MB];
+    if (XB) {
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m) x4[m] = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x + m * xs + P));
+    }
+    column<P>(a, q, tab, x, xs, x4);
+    column<P + 1>(a, q, tab, x, xs, x4);
+    column<P + 2>(a, q, tab, x, xs, x4);
+    column<P + 3>(a, q, tab, x, xs, x4);
+  }
+
+  // out[m][k]: the sums of activation row m, row pair k. Row i of the pass starts at b + i·rs.
+  static void run(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count,
+                  __m256 (&out)[MB][RP]) {
+    __m256 a[NA][MB][RP];
+#pragma GCC unroll 16
+    for (int s = 0; s < NA; ++s)
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 16
+        for (int k = 0; k < RP; ++k) a[s][m][k] = _mm256_setzero_ps();
+    int64_t c = 0;
+    for (; c + 8 <= count; c += 8) {
+      uint64_t q[2 * RP];
+#pragma GCC unroll 16
+      for (int i = 0; i < 2 * RP; ++i) std::memcpy(&q[i], b + i * rs + c, 8);
+      column4<0>(a, q, tab, x + c, xs);
+      column4<4>(a, q, tab, x + c, xs);
+    }
+    for (; c < count; ++c) {
+      uint64_t q[2 * RP];
+#pragma GCC unroll 16
+      for (int i = 0; i < 2 * RP; ++i) q[i] = b[i * rs + c];
+      __m256 x4[MB];
+#pragma GCC unroll 16
+      for (int m = 0; m < MB; ++m) x4[m] = _mm256_broadcast_ss(x + m * xs + c);
+      column<0>(a, q, tab, x + c, xs, x4);
+    }
+#pragma GCC unroll 16
+    for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 16
+      for (int k = 0; k < RP; ++k) {
+        out[m][k] = a[0][m][k];
+        if (NA == 2) out[m][k] = _mm256_add_ps(a[0][m][k], a[NA - 1][m][k]);
+        if (NA == 4)
+          out[m][k] = _mm256_add_ps(_mm256_add_ps(a[0][m][k], a[1 % NA][m][k]),
+                                    _mm256_add_ps(a[2 % NA][m][k], a[3 % NA][m][k]));
+      }
+  }
+};
+
+// y[base + l] += acc[l] for the lanes inside [n0, n1).
+inline void add8(float* y, int64_t base, int64_t n0, int64_t n1, __m256 acc) {
+  if (base >= n0 && base + 8 <= n1) {
+    _mm256_storeu_ps(y + base, _mm256_add_ps(_mm256_loadu_ps(y + base), acc));
+    return;
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, acc);
+  for (int64_t l = hi(0, n0 - base); l < lo(8, n1 - base); ++l) y[base + l] += t[l];
+}
+
+// Vector rows r0 .. r0 + rows - 1 (rows <= 2·RP; rs = 0 repeats one row) of activation rows
+// [0, MB) into y.
+template <int MB, int RP, int NA, bool XB, bool XF>
+void pass(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count, float* y,
+          int64_t N, int64_t r0, int64_t rows, int64_t n0, int64_t n1) {
+  __m256 acc[MB][RP];
+  Pass<MB, RP, NA, XB, XF>::run(b, rs, tab, x, xs, count, acc);
+  n1 = lo(n1, (r0 + rows) * 4);
+#pragma GCC unroll 16
+  for (int m = 0; m < MB; ++m)
+#pragma GCC unroll 16
+    for (int k = 0; k < RP; ++k) add8(y + m * N, (r0 + 2 * k) * 4, n0, n1, acc[m][k]);
+}
+
+// Accumulator sets for a pass of MB x RP: an FMA has a latency of 4 cycles and a column takes
+// about one cycle per row pair, so smaller passes need more sets to keep the FMAs independent.
+constexpr int sets(int MB, int RP) { return MB * RP <= 3 ? 4 : MB * RP <= 6 ? 2 : 1; }
+
+// Vector rows [r0, r1) for activation rows [0, MB): RP row pairs a pass, then fewer; an odd last
+// row pairs with itself.
+template <int MB, int RP, bool XB, bool XF>
+void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int64_t r0, int64_t r1, int64_t n0,
+           int64_t n1) {
+  constexpr int R3 = RP < 3 ? RP : 3, R2 = RP < 2 ? RP : 2;
+  const int64_t rs = pt.words * 4;
+  const uint8_t* b0 = reinterpret_cast<const uint8_t*>(pt.indices) + pt.skip_bits / 8;
+  const float* tab = pt.ft;
+  const int64_t count = pt.count;
+  for (int64_t r = r0; r < r1;) {
+    const int64_t left = r1 - r;
+    const uint8_t* b = b0 + r * rs;
+    if (left >= 2 * RP) {
+      pass<MB, RP, sets(MB, RP), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2 * RP, n0, n1);
+      r += 2 * RP;
+    } else if (left >= 6) {
+      pass<MB, R3, sets(MB, R3), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 6, n0, n1);
+      r += 6;
+    } else if (left >= 4) {
+      pass<MB, R2, sets(MB, R2), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 4, n0, n1);
+      r += 4;
+    } else if (left >= 2) {
+      pass<MB, 1, sets(MB, 1), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2, n0, n1);
+      r += 2;
+    } else {
+      pass<MB, 1, sets(MB, 1), XB, XF>(b, 0, tab, x, xs, count, y, N, r, 1, n0, n1);
+      r += 1;
+    }
+  }
+}
+
+}  // namespace
+
+void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
+  // Row groups of 24 vector rows (a multiple of every pass size below): each block of activation
+  // rows sweeps the group's index bytes (24 KB for 1024 columns), which stay in L2 for the next.
+  constexpr int64_t kGroupRows = 24;
+  const int64_t r_end = (n1 + 3) / 4;
+  const float* x = xp + pt.col0;
+  for (int64_t g = n0 / 4; g < r_end; g += kGroupRows) {
+    const int64_t g1 = lo(r_end, g + kGroupRows);
+    // At most 12 accumulators (16 ymm registers): more activation rows per pass share each table
+    // load, fewer row pairs keep them in registers.
+    for (int64_t m = 0; m < M;) {
+      const int64_t left = M - m;
+      float* ym = y + m * N;
+      const float* xm = x + m * xs;
+      if (left == 1) {
+        block<1, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        m += 1;
+      } else if (left == 2) {
+        block<2, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        m += 2;
+      } else if (left == 3) {
+        block<3, 4, false, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        m += 3;
+      } else {
+        block<4, 3, false, false>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        m += 4;
+      }
+    }
+  }
+}
+
+}  // namespace avx2
+}  // namespace vq2trt
