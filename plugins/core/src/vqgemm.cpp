@@ -65,10 +65,14 @@ void run_rows(void* arg, size_t task) {
   auto float_part = [&](const Part& q, bool head) {
 #if VQ2TRT_X86
     static const bool bmi2 = __builtin_cpu_supports("bmi2");
+    // AVX-512 CPUs take it too for decode (M <= 8) at level 0: 1.8x the AVX-512 float kernel at
+    // M = 1 on Zen 4/5 (their table-row loads are the limit at any width); prefill and the int8
+    // route's heads stay on the AVX-512 kernels, which are as fast there.
+    const bool v4_b8 = bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0;
+    if (v4_b8 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && !head && c.M <= kMaxInt8Rows)))
+      return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
     if (p.isa == Isa::kAvx512)
       return (head ? avx512::part_head : avx512::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
-    if (p.isa == Isa::kAvx2 && bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0)
-      return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
     if (p.isa == Isa::kAvx2)
       return (head ? avx2::part_head : avx2::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
 #elif VQ2TRT_NEON
