@@ -23,6 +23,9 @@ struct Part {
   const int32_t* indices = nullptr;
   // float32 table [2^bits, v]; entries >= k are zero so that any masked index is a valid read.
   std::vector<float> ftab;
+  // v = 3 only: the table again with rows padded to 4 floats, so that decode loads one 16-byte row
+  // per index and does one 4-lane multiply-add (the 3-wide table went through a scalar loop).
+  std::vector<float> ftab4;
   // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 8, AVX2 with bits <= 4): per
   // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
   // halves) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
@@ -42,6 +45,7 @@ struct Part {
   bool split4 = false;
   // Raw views of the vectors above: the ISA files must not call std::vector members.
   const float* ft = nullptr;
+  const float* ft4 = nullptr;   // ftab4, or null
   const uint8_t* qt = nullptr;
   const float* qs = nullptr;
   const float* qc = nullptr;

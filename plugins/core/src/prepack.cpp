@@ -79,6 +79,11 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
   p.ftab.assign(size_t(v) << p.bits, 0.f);  // zeros beyond k: any b-bit value is a safe read
   for (int64_t i = 0; i < k * v; ++i) p.ftab[size_t(i)] = half_to_float(cb[i]);
   p.ft = p.ftab.data();
+  if (v == 3) {
+    p.ftab4.assign(size_t(4) << p.bits, 0.f);
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < 3; ++j) p.ftab4[size_t(i * 4 + j)] = p.ftab[size_t(i * 3 + j)];
+  }
   // Byte tables: the AVX-512 route takes up to 256 entries, the AVX2 one (vpshufb) 16.
   if ((int8 == Isa::kAvx512 && p.bits <= 8) || (int8 == Isa::kAvx2 && p.bits <= 4)) {
     p.int8 = true;
@@ -202,6 +207,7 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   // Raw views last: add_part copies parts, and push_back may move them.
   for (Part& q : p.parts) {
     q.ft = q.ftab.data();
+    q.ft4 = q.ftab4.empty() ? nullptr : q.ftab4.data();
     q.qt = q.int8 ? q.qtab.data() : nullptr;
     q.qs = q.int8 ? q.qscale.data() : nullptr;
     q.qc = q.int8 ? q.qcenter.data() : nullptr;
