@@ -24,6 +24,9 @@ constexpr double kHalfRelTol = 2e-3, kBf16RelTol = 1.6e-2;
 // (relative step 1/254 each, errors of random sign; the first 64 permuted columns exact): about
 // 1% of the RMS per output, and this is the maximum over all outputs, so a few sigma of that.
 constexpr double kInt8RelTol = 5e-2;
+// Level-4 prefill vs decode on the same rows: float32 sums in another order, next to decode's
+// float subtraction of the unsigned tables' offset (128 · Σ x, large against the result).
+constexpr double kPrefillDecodeRelTol = 1e-4;
 
 int failures = 0;
 
@@ -63,12 +66,22 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
       for (int level : {0, 4}) {
         PrepackedPtr p = prepack(w.desc, level, isa);
         vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
-        // int8 routes exist on x86 only (AVX2: only parts with k <= 16)
-        const bool int8 = level == 4 && (isa == Isa::kAvx2 || isa == Isa::kAvx512) && M <= 8;
+        // int8 routes exist on x86 only (AVX2: only parts with k <= 16, and only for decode)
+        const bool int8 = level == 4 && (isa == Isa::kAvx512 || (isa == Isa::kAvx2 && M <= 8));
         const std::string what = std::string(name) + " M=" + std::to_string(M) + " isa=" + isa_name(isa) +
                                  " level=" + std::to_string(level);
         compare(what.c_str(), y, ref, int8 ? kInt8RelTol : kFloatRelTol);
       }
+    }
+    // Level 4 prefill (M > 8) against the decode route row by row: the same quantized x and byte
+    // tables, so they agree to float32 rounding (not just within the int8 tolerance).
+    if (M > 8 && native_isa(Isa::kAvx512) == Isa::kAvx512) {
+      PrepackedPtr p = prepack(w.desc, 4, Isa::kAvx512);
+      vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
+      std::vector<float> yd(y.size());
+      for (int64_t m = 0; m < M; ++m) vq_gemm(*p, DType::kFloat32, x.data() + m * d.K, 1, yd.data() + m * d.N);
+      const std::string what = std::string(name) + " M=" + std::to_string(M) + " level-4 prefill vs decode";
+      compare(what.c_str(), y, yd, kPrefillDecodeRelTol);
     }
     // Half and bfloat16 activations: inputs rounded first, so the reference sees the same X.
     for (DType t : {DType::kFloat16, DType::kBFloat16}) {
@@ -124,9 +137,9 @@ int main() {
       {90, 300, 8, 4, 256, 1, 0, 3, 16, true, false},
   };
   for (const auto& d : v4k256) check_weight(rng, d, {1, 2, 3, 4, 5, 6, 7, 8, 13});
-  // Prefill (M > 8: the float path at every level): parts longer than the 256-column chunk of
-  // kernels_float.inc (one, two and three chunks, the last partial; a group boundary inside a
-  // chunk), row counts around the 4 / 6 activation rows of a block, 16-row tiles cut by N.
+  // Prefill (M > 8: the float path, except level 4 on AVX-512): parts longer than the 256-column
+  // chunk of kernels_float.inc (one, two and three chunks, the last partial; a group boundary
+  // inside a chunk), row counts around the 4 / 6 activation rows of a block, 16-row tiles cut by N.
   const VQGemmDims prefill[] = {
       {21, 600, 0, 4, 256, 1, 0, 0, 0, true, true},
       {40, 520, 7, 3, 512, 2, 0, 2, 256, true, false},
@@ -134,6 +147,21 @@ int main() {
       {18, 780, 0, 8, 64, 3, 0, 0, 0, false, false},
   };
   for (const auto& d : prefill) check_weight(rng, d, {9, 12, 13, 19, 24});
+  // Level-4 prefill on AVX-512 (prefill_int8_avx512.cpp: passes of 32 or 16 output rows by 12, 8,
+  // 4, 1 activation rows; 256-column scale blocks): row counts that leave every remainder, N not a
+  // multiple of 16 or 32 (N = 1000: 64-row tasks, the last one 32 + 8 rows; N = 75: 16-row tasks),
+  // int8 tails of several blocks with a partial last one after the 64 float head columns, groups
+  // and residuals (one segment shared), outliers on their own int8 part (4-bit split order), 6- and
+  // 4-bit tables (vpermb), v = 3 and 1 (passes cutting vector rows).
+  const VQGemmDims prefill4[] = {
+      {75, 700, 0, 4, 256, 1, 0, 0, 0, false, false},
+      {1000, 330, 0, 4, 256, 1, 0, 0, 0, true, true},
+      {70, 900, 9, 4, 256, 3, 256, 2, 16, true, true},
+      {48, 1100, 0, 2, 16, 2, 16, 0, 0, false, true},
+      {41, 600, 5, 3, 64, 2, 0, 4, 256, true, false},
+      {37, 400, 0, 1, 256, 1, 0, 0, 0, false, true},
+  };
+  for (const auto& d : prefill4) check_weight(rng, d, {9, 11, 16, 21, 29, 64});
   // Random formats.
   for (int t = 0; t < 24; ++t) {
     VQGemmDims d;

@@ -19,61 +19,6 @@ namespace {
 
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Packed row -> one index byte per column, zero padded to whole 64-column blocks.
-void unpack_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk, bool split,
-                  uint8_t* out) {
-  const uint32_t* w = row + (skip >> 5);
-  const int sh = int(skip & 31);
-  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(w) + sh / 8;  // byte-aligned cases only
-  if (split) {  // 4-bit, byte aligned: low nibbles then high nibbles of each 64 bytes
-    const int64_t nbytes = (count + 1) / 2;
-    for (int64_t i = 0; i < nbytes; i += 64) {
-      const __mmask64 m = nbytes - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (nbytes - i)) - 1;
-      const __m512i x = _mm512_maskz_loadu_epi8(m, bytes + i);
-      const __m512i low = _mm512_set1_epi8(15);
-      _mm512_storeu_si512(out + 2 * i, _mm512_and_si512(x, low));
-      _mm512_storeu_si512(out + 2 * i + 64, _mm512_and_si512(_mm512_srli_epi16(x, 4), low));
-    }
-    return;  // every byte of the nblk blocks written; columns past count meet zero activations
-  }
-  if (bits == 8) {
-    std::memcpy(out, bytes, size_t(count));
-  } else if (bits == 4 && sh % 8 == 0) {
-    // 32 packed bytes -> 64 indices: widen to u16, low nibble to the low byte, high to the high.
-    const int64_t nbytes = (count + 1) / 2;
-    for (int64_t i = 0; i < nbytes; i += 32) {
-      const __mmask32 m = nbytes - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (nbytes - i)) - 1;
-      const __m512i x = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, bytes + i));
-      const __m512i v = _mm512_or_si512(_mm512_and_si512(x, _mm512_set1_epi16(15)),
-                                        _mm512_slli_epi16(_mm512_srli_epi16(x, 4), 8));
-      _mm512_storeu_si512(out + 2 * i, v);  // scratch has room for a whole block past count
-    }
-  } else if (bits < 8 && sh % 8 == 0) {
-    // 64 indices of b bits = 8b bytes: vpermb copies the b bytes holding indices 8q..8q+7 into
-    // qword q (they start on a byte boundary since 8b bits is whole bytes), and vpmultishiftqb
-    // pulls index 8q+j from bit j·b of that qword.
-    alignas(64) uint8_t perm[64], shift[64];
-    for (int q = 0; q < 8; ++q)
-      for (int j = 0; j < 8; ++j) {
-        perm[8 * q + j] = uint8_t(q * bits + j);
-        shift[8 * q + j] = uint8_t(j * bits);
-      }
-    const __m512i vperm = _mm512_load_si512(perm), vshift = _mm512_load_si512(shift);
-    const __m512i vmask = _mm512_set1_epi8(char((1 << bits) - 1));
-    const int64_t avail = words * 4 - ((skip >> 5) * 4 + sh / 8);  // bytes left in the row
-    for (int64_t c0 = 0; c0 < count; c0 += 64) {
-      const int64_t off = c0 * bits / 8, n = avail - off;
-      const __mmask64 m = n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1;
-      const __m512i win = _mm512_maskz_loadu_epi8(m, bytes + off);
-      const __m512i q = _mm512_permutexvar_epi8(vperm, win);
-      _mm512_storeu_si512(out + c0, _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, q), vmask));
-    }
-  } else {
-    unpack_generic(row, words, skip, bits, count, out);
-  }
-  std::memset(out + count, 0, size_t(nblk * 64 - count));
-}
-
 // sums[m * JV + jj] = Σ_scale blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
 template <int JV, bool BIG>
 void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentries, const int8_t* xq,
@@ -129,6 +74,61 @@ void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int q
 
 }  // namespace
 
+// Packed row -> one index byte per column, zero padded to whole 64-column blocks.
+void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk, bool split,
+                  uint8_t* out) {
+  const uint32_t* w = row + (skip >> 5);
+  const int sh = int(skip & 31);
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(w) + sh / 8;  // byte-aligned cases only
+  if (split) {  // 4-bit, byte aligned: low nibbles then high nibbles of each 64 bytes
+    const int64_t nbytes = (count + 1) / 2;
+    for (int64_t i = 0; i < nbytes; i += 64) {
+      const __mmask64 m = nbytes - i >= 64 ? ~__mmask64(0) : (__mmask64(1) << (nbytes - i)) - 1;
+      const __m512i x = _mm512_maskz_loadu_epi8(m, bytes + i);
+      const __m512i low = _mm512_set1_epi8(15);
+      _mm512_storeu_si512(out + 2 * i, _mm512_and_si512(x, low));
+      _mm512_storeu_si512(out + 2 * i + 64, _mm512_and_si512(_mm512_srli_epi16(x, 4), low));
+    }
+    return;  // every byte of the nblk blocks written; columns past count meet zero activations
+  }
+  if (bits == 8) {
+    std::memcpy(out, bytes, size_t(count));
+  } else if (bits == 4 && sh % 8 == 0) {
+    // 32 packed bytes -> 64 indices: widen to u16, low nibble to the low byte, high to the high.
+    const int64_t nbytes = (count + 1) / 2;
+    for (int64_t i = 0; i < nbytes; i += 32) {
+      const __mmask32 m = nbytes - i >= 32 ? ~__mmask32(0) : (__mmask32(1) << (nbytes - i)) - 1;
+      const __m512i x = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, bytes + i));
+      const __m512i v = _mm512_or_si512(_mm512_and_si512(x, _mm512_set1_epi16(15)),
+                                        _mm512_slli_epi16(_mm512_srli_epi16(x, 4), 8));
+      _mm512_storeu_si512(out + 2 * i, v);  // scratch has room for a whole block past count
+    }
+  } else if (bits < 8 && sh % 8 == 0) {
+    // 64 indices of b bits = 8b bytes: vpermb copies the b bytes holding indices 8q..8q+7 into
+    // qword q (they start on a byte boundary since 8b bits is whole bytes), and vpmultishiftqb
+    // pulls index 8q+j from bit j·b of that qword.
+    alignas(64) uint8_t perm[64], shift[64];
+    for (int q = 0; q < 8; ++q)
+      for (int j = 0; j < 8; ++j) {
+        perm[8 * q + j] = uint8_t(q * bits + j);
+        shift[8 * q + j] = uint8_t(j * bits);
+      }
+    const __m512i vperm = _mm512_load_si512(perm), vshift = _mm512_load_si512(shift);
+    const __m512i vmask = _mm512_set1_epi8(char((1 << bits) - 1));
+    const int64_t avail = words * 4 - ((skip >> 5) * 4 + sh / 8);  // bytes left in the row
+    for (int64_t c0 = 0; c0 < count; c0 += 64) {
+      const int64_t off = c0 * bits / 8, n = avail - off;
+      const __mmask64 m = n >= 64 ? ~__mmask64(0) : (__mmask64(1) << n) - 1;
+      const __m512i win = _mm512_maskz_loadu_epi8(m, bytes + off);
+      const __m512i q = _mm512_permutexvar_epi8(vperm, win);
+      _mm512_storeu_si512(out + c0, _mm512_and_si512(_mm512_multishift_epi64_epi8(vshift, q), vmask));
+    }
+  } else {
+    unpack_generic(row, words, skip, bits, count, out);
+  }
+  std::memset(out + count, 0, size_t(nblk * 64 - count));
+}
+
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t y0,
                int64_t n0, int64_t n1, float* scratch) {
@@ -137,7 +137,7 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
   // Sums of up to 4 components for every activation row; M is small on this route (see vqgemm.cpp).
   float* sums = scratch + (nblk * 64) / 4 + 16;
   for (int64_t r = n0 / v; r * v < n1; ++r) {
-    unpack_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits, pt.count,
+    unpack_index_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits, pt.count,
                  nblk, pt.split4, idx);
     for (int64_t jc = 0; jc < v; jc += 4) {
       const int64_t nb = r * v + jc, jv = lo(4, v - jc);

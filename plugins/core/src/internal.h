@@ -88,9 +88,18 @@ constexpr int64_t kXBlock = 256;
 // Scratch a part kernel may use: an index row (ceil64(max_count) uint32), then a float tile
 // (prefill: [max_count, 16]). Allocate 64-byte aligned.
 constexpr int64_t kTileCols = 128, kTileRows = 16;
+// The int8 prefill kernel's scratch (prefill_int8_avx512.cpp): per activation row the block sums
+// of x (int32) and 32 float sums, 64 column-quad tiles of 128 bytes, and up to 33 index rows.
+constexpr int64_t kInt8PrefillTileN = 32;  // output rows per pass
+inline int64_t int8_prefill_scratch_floats(int64_t max_count, int64_t M) {
+  const int64_t nblk = 2 * ((max_count + 127) / 128), nsb = (nblk + 3) / 4;
+  return (M * nsb + 16) + M * kInt8PrefillTileN + 64 * 128 / 4 + (kInt8PrefillTileN + 1) * (nblk * 64 + 64) / 4 + 64;
+}
 inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
   const int64_t tile = M > 1 ? (p.max_count + 1) * 16 + kTileCols * kTileRows : kTileCols * kTileRows;
-  return (p.max_count + 64 + 16) + tile + 16 + 4 * M;
+  const int64_t n = (p.max_count + 64 + 16) + tile + 16 + 4 * M;
+  const int64_t q = !p.segments.empty() && M > 1 ? int8_prefill_scratch_floats(p.max_count, M) : 0;
+  return n > q ? n : q;
 }
 
 // y [M, N] += part's contribution for output rows [n0, n1). xp: x' [M, xs] (float32).
@@ -127,6 +136,15 @@ void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
 }  // namespace avx2
 
 namespace avx512 {
+// As part_int8 for many activation rows (prefill; prefill_int8_avx512.cpp): the same products
+// from the same quantized x and tables, the +128 offset removed in int32 (no corr needed).
+void part_int8_prefill(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+                       const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
+                       int64_t n1, float* scratch);
+// Packed index row -> one byte per column in the int8 route's order (Part::split4), zero padded
+// to nblk blocks of 64 (int8_avx512.cpp; out needs nblk · 64 bytes).
+void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
+                        bool split, uint8_t* out);
 // x'[0, count) -> int8 q (zero padded to a multiple of 64) with one scale per kXBlock columns in
 // sx; returns Σ_blocks sx · 128 · Σ q, the offset the unsigned tables add.
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <vector>
 
 #include "internal.h"
@@ -23,8 +24,9 @@ void ParallelFor::operator()(TaskFn fn, size_t n_tasks, void* arg) const {
 
 namespace {
 
-// The int8 route pays off for decoding (few activation rows); prefill is compute bound and
-// takes the dequantize-a-tile float path, which is also exact.
+// Up to this many activation rows the int8 route runs the decode kernels (a lookup per output
+// row and activation row); beyond, AVX-512 runs the prefill kernel (lookups once per output row,
+// reused by every activation row) and AVX2 the float path (see prefill_int8_avx512.cpp).
 constexpr int64_t kMaxInt8Rows = 8;
 
 struct Call {
@@ -86,6 +88,9 @@ void run_rows(void* arg, size_t task) {
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
 #if VQ2TRT_X86
       const Segment& s = p.segments[size_t(q.segment)];
+      if (c.M > kMaxInt8Rows)  // AVX-512 only (use_int8)
+        return avx512::part_int8_prefill(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
+                                         c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
                         p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
 #else
@@ -162,7 +167,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, nullptr, false, nullptr};
   std::vector<int8_t> xq;
   std::vector<float> sx, corr, xsum;
-  call.use_int8 = !p.segments.empty() && M <= kMaxInt8Rows;
+  call.use_int8 = !p.segments.empty() && (M <= kMaxInt8Rows || p.isa == Isa::kAvx512);
   if (call.use_int8) {
     const int64_t nseg = int64_t(p.segments.size());
     xq.assign(size_t(M * p.xq_bytes), 0);
@@ -211,6 +216,10 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   const int64_t unit = p.row_unit, units = ceil_div(N, unit);
   const int64_t per_task = std::max<int64_t>(1, ceil_div(units, 16));
   call.row_block = per_task * unit;
+  // The int8 prefill kernel computes 32 or 16 output rows a pass: tasks of 36 rows (N = 576)
+  // would pay a 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
+  const int64_t u16 = std::lcm(unit, int64_t(16));
+  if (call.use_int8 && M > kMaxInt8Rows && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
     for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
