@@ -69,6 +69,7 @@ ROWS = [
     Row("gptq-3", "gptq-w3g128", "~3", lever="GPTQ"),
     Row("vptq-3", "v3-k512-o1", "~3", lever="VPTQ as before this issue"),
     Row("vptq-3+d-s", "v3-k512-o1", "~3", distill_tokens=D_SMALL, lever="+ distillation (small)"),
+    Row("vptq-3+d-l", "v3-k512-o1", "~3", distill_tokens=D_LARGE, lever="+ distillation (large)"),
     Row("vptq-3.3", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, lever="+ bit allocation"),
     Row("vptq-3.3+d-l", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, distill_tokens=D_LARGE,
         lever="+ distillation (large)"),
