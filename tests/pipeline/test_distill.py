@@ -202,3 +202,28 @@ def test_cli_bad_input_writes_nothing(tiny_dirs, tmp_path, capsys, case):
     assert main(argv) == 2
     assert needle in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / ".out.partial").exists()
+
+
+def test_quantized_head_is_tuned_and_round_trips(tmp_path):
+    """With `quantize --head`, distillation trains the head's codebook too (the embedding, untied,
+    stays the float table), and the saved checkpoint is the evaluated model."""
+    from vq2trt.head import with_head
+
+    teacher = tiny_model(0)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.mul_(4 if p.ndim == 2 else 1)
+    student = copy.deepcopy(teacher)
+    cfg = with_head(QuantConfig(**COARSE), "v4-k256")
+    quantize(student, cfg, calib_ids(8, 32), device="cpu", progress=False)
+    head0 = student.lm_head.codebook.detach().clone()
+    emb0 = student.model.embed_tokens.weight.detach().clone()
+    r = distill(student, teacher, _train_ids(), DistillConfig(**CFG), device="cpu", progress=False)
+    assert r.loss_last < r.loss_first
+    assert not torch.equal(student.lm_head.codebook, head0)
+    assert torch.equal(student.model.embed_tokens.weight, emb0)
+    save_quantized(student, cfg, tmp_path / "ckpt")
+    loaded = load_quantized(tmp_path / "ckpt")
+    ids = calib_ids(2, 16, seed=5)
+    with torch.no_grad():
+        assert torch.equal(student(ids).logits, loaded(ids).logits)
