@@ -189,6 +189,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     # Each layer's format as stored (the tensors are authoritative), so mixed checkpoints read right.
     print(f"{'layer':48s} {'shape':>12s} {'v':>2s} {'k':>6s} {'res k':>5s} {'outliers':>13s} {'G':>3s} {'bpw':>6s}")
     bits = n = 0
+    head = None
     for name in sorted(k[:-8] for k in tensors if k.endswith(".vq_dims")):
         w = VQWeight.from_tensors({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")},
                                   where=name)
@@ -197,8 +198,12 @@ def cmd_info(a: argparse.Namespace) -> int:
             f"{w.num_outlier_cols} v{w.outlier_codebook.shape[1]}-k{w.outlier_codebook.shape[0]}"
         print(f"{name:48s} {w.out_features:>5d}x{w.in_features:<6d} {w.vector_len:>2d} {w.num_centroids:>6d} "
               f"{kr:>5d} {out:>13s} {w.num_groups:>3d} {w.bits_per_weight():6.3f}")
+        if name == "lm_head":               # counted apart, as quantize reports it
+            head = w
+            continue
         bits, n = bits + w.stored_bits(), n + w.out_features * w.in_features
-    print(f"all-in bits per weight over quantized Linears: {bits / max(n, 1):.3f}")
+    print(f"all-in bits per weight over quantized Linears: {bits / max(n, 1):.3f}"
+          + ("" if head is None else f" (decoder layers; lm_head {head.bits_per_weight():.3f})"))
     return 0
 
 

@@ -31,6 +31,8 @@ def test_head_and_int8_embedding_end_to_end(model_dir, calib, tmp_path, capsys):
     assert main(_args(model_dir, calib, out, "--config", str(cfg), "--head", "v4-k256")) == 0
     assert "lm_head" in capsys.readouterr().out
     assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert main(["info", str(out)]) == 0
+    assert "(decoder layers; lm_head " in capsys.readouterr().out  # the head is counted apart
     onnx_dir = tmp_path / "onnx"
     assert main(["export", str(out), "--out", str(onnx_dir), "--embedding", "int8"]) == 0
     float_dir = tmp_path / "onnx-f32"
