@@ -14,7 +14,7 @@ from vq2trt.config import PRESETS, QuantConfig
 from vq2trt.format import planned_stored_bits
 from vq2trt.quantize import quantize
 
-from .tiny import TEXT, calib_ids, save_tiny, tiny_model
+from .tiny import calib_ids, tiny_model
 
 BASE = QuantConfig(kmeans_iters=3, block_size=32)
 CANDIDATES = [QuantConfig(vector_len=4, num_centroids=16),                        # ~2.3 bits on 64-wide layers
@@ -135,21 +135,9 @@ def test_bad_candidates_are_named():
 
 
 # --- the CLI ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def _args(model_dir, calib, out, *extra):
     return ["quantize", str(model_dir), "--calib", str(calib), "--out", str(out), "--samples", "4", "--seqlen", "32",
             "--kmeans-iters", "3", "--quiet", "--device", "cpu", *extra]
-
-
-@pytest.fixture
-def calib(tmp_path):
-    p = tmp_path / "calib.txt"
-    p.write_text(TEXT)
-    return p
 
 
 def test_cli_impossible_target_writes_nothing(model_dir, calib, tmp_path, capsys):

@@ -6,19 +6,7 @@ import pytest
 
 from vq2trt.cli import main
 
-from .tiny import TEXT, save_tiny
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def calib(tmp_path):
-    p = tmp_path / "calib.txt"
-    p.write_text(TEXT)
-    return p
+from .tiny import TEXT
 
 
 def _args(model_dir, calib, out, *extra):

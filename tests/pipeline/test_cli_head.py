@@ -8,19 +8,6 @@ import pytest
 from vq2trt.cli import main
 
 from .test_cli import _args, _fails
-from .tiny import TEXT, save_tiny
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def calib(tmp_path):
-    p = tmp_path / "calib.txt"
-    p.write_text(TEXT)
-    return p
 
 
 def test_head_and_int8_embedding_end_to_end(model_dir, calib, tmp_path, capsys):
