@@ -48,8 +48,8 @@ demo: install model plugins
 	    --windows $(DEMO_WINDOWS) --threads $(THREADS)
 	$(BIN)/vq2trt run $(ONNX) --prompt "The capital of France is" --max-new-tokens 32 --threads $(THREADS)
 	$(BIN)/vq2trt compare $(ONNX) --float-onnx $(FLOAT_ONNX) --threads $(THREADS)
-	@echo "TensorRT engine build for this export (export/TENSORRT.md):"
-	$(BIN)/vq2trt build-engine $(ONNX) --print-command
+	@echo "TensorRT (export/TENSORRT.md): vq2trt export $(QUANT) --out $(ONNX)-trt --ops basic, then"
+	@echo "  vq2trt build-engine $(ONNX)-trt (TensorRT builds from the portable opset-18 graph)"
 
 test: install plugins test-arm
 	$(BIN)/python -m pytest -q tests

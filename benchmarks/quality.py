@@ -53,23 +53,31 @@ class Row:
 D_SMALL, D_LARGE = 32_768, 131_072
 # Around 3.3 bits the allocation steps from ~2 to ~3 to ~4 index bits.
 C_33 = "v4-k256-o1,v3-k512-o1,v2-k256-o1"
+# 8x the default 64 x 512 calibration tokens (Hessians and allocation sensitivities).
+CAL_128x2048 = {"calib_samples": 128, "calib_seqlen": 2048}
 ROWS = [
     Row("float", None, "-", lever="fp16 (dequantized Q4_1 GGUF)"),
     Row("gptq-2", "gptq-w2g128", "~2", lever="GPTQ"),
     Row("vptq-2", "v4-k256", "~2", lever="VPTQ as before this issue"),
     Row("vptq-2+lft", "v4-k256", "~2", {"finetune_steps": 50}, lever="+ layer-wise FT (50 steps)"),
     Row("vptq-2+oah", "v4-k256", "~2", {"hessian": "output-aware"}, lever="+ output-aware Hessians"),
-    Row("vptq-2+cal", "v4-k256", "~2", {"calib_samples": 128, "calib_seqlen": 2048},
+    Row("vptq-2+cal", "v4-k256", "~2", CAL_128x2048,
         lever="+ calibration 128 x 2048 tokens"),
     Row("vptq-2+d-s", "v4-k256", "~2", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("gptq-2.3", "gptq-w2g64", "~2.3", lever="GPTQ"),
     Row("vptq-2.3", "v4-k256", "~2.3", target_bits=2.3, lever="+ bit allocation"),
     Row("vptq-2.3+d-s", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-2.3+d-l", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-2.3+cal", "v4-k256", "~2.3", CAL_128x2048, target_bits=2.3,
+        lever="+ bit allocation, calibration 128 x 2048"),
+    Row("vptq-2.3+cal+d-l", "v4-k256", "~2.3", CAL_128x2048, target_bits=2.3, distill_tokens=D_LARGE,
+        lever="+ distillation (large)"),
     Row("gptq-3", "gptq-w3g128", "~3", lever="GPTQ"),
     Row("vptq-3", "v3-k512-o1", "~3", lever="VPTQ as before this issue"),
     Row("vptq-3+d-s", "v3-k512-o1", "~3", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-3+d-l", "v3-k512-o1", "~3", distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-3+cal", "v3-k512-o1", "~3", CAL_128x2048, lever="+ calibration 128 x 2048 tokens"),
+    Row("vptq-3+cal+d-l", "v3-k512-o1", "~3", CAL_128x2048, distill_tokens=D_LARGE, lever="+ distillation (large)"),
     Row("vptq-3.3", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, lever="+ bit allocation"),
     Row("vptq-3.3+d-l", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, distill_tokens=D_LARGE,
         lever="+ distillation (large)"),

@@ -59,12 +59,12 @@ void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in) {
   if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 &&
       x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)
     fail("X must be float32, float16 or bfloat16 (ONNX element type " + std::to_string(int(x.type)) + ")");
-  if (x.shape.empty() || (x.shape.back() >= 0 && x.shape.back() != d.K))
+  if (x.known && (x.shape.empty() || (x.shape.back() >= 0 && x.shape.back() != d.K)))
     fail("X has shape " + shape_str(x.shape) + "; its last dimension must be in_features = " + std::to_string(d.K));
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& s = specs[i];
     const InputInfo& t = in[i + 1];
-    bool same = t.shape.size() == s.shape.size();
+    bool same = !t.known || t.shape.size() == s.shape.size();
     for (size_t j = 0; same && j < s.shape.size(); ++j) same = t.shape[j] < 0 || t.shape[j] == s.shape[j];
     if (t.type != ort_type(s.dtype) || !same)
       fail(std::string("input ") + std::to_string(i + 1) + " (" + s.name + ") must be " + dtype_name(s.dtype) + " " +
@@ -91,9 +91,6 @@ OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept
       if (s) api.ReleaseStatus(s);
       return false;
     };
-    VQGemmDims d;
-    int level = 0;
-    read_attributes(get, &d, &level);
     size_t n = 0;
     Ort::ThrowOnError(api.ShapeInferContext_GetInputCount(ctx, &n));
     std::vector<InputInfo> in;
@@ -102,28 +99,36 @@ OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept
       OrtTensorTypeAndShapeInfo* raw = nullptr;
       Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, i, &raw));
       Ort::ConstTensorTypeAndShapeInfo info(raw);  // owned by the context, not by us
-      in.push_back({info.GetElementType(), info.GetShape()});
+      std::vector<int64_t> shape = info.GetShape();
+      const bool known = !shape.empty();
+      in.push_back({info.GetElementType(), std::move(shape), known});
       if (i == 0 && info.GetDimensionsCount() > 0) {
         std::vector<const char*> sym(info.GetDimensionsCount(), nullptr);
         info.GetSymbolicDimensions(sym.data(), sym.size());
         for (const char* s : sym) x_symbols.emplace_back(s ? s : "");
       }
     }
-    if (in.empty() || in[0].shape.empty()) fail("X must have at least one dimension");
-    // Y's type first: ORT guessed it from the last multi-typed input, and a wrong guess would
-    // hide the message below behind a type mismatch on Y.
-    std::vector<int64_t> y_shape = in[0].shape;
-    y_shape.back() = d.N;
-    x_symbols.back() = "";
-    std::vector<const char*> y_symbols;
-    for (const auto& s : x_symbols) y_symbols.push_back(s.c_str());
+    if (in.empty()) fail("the node has no inputs; X comes first");
+    // Y's type before anything can fail: ORT guessed it from the last multi-typed input, and a
+    // wrong guess would hide the message below (a bad attribute, say) behind a type mismatch on Y.
     OrtTensorTypeAndShapeInfo* out = nullptr;
     Ort::ThrowOnError(api.CreateTensorTypeAndShapeInfo(&out));
     Ort::TensorTypeAndShapeInfo owned(out);
     Ort::ThrowOnError(api.SetTensorElementType(out, in[0].type));
-    Ort::ThrowOnError(api.SetDimensions(out, y_shape.data(), y_shape.size()));
-    Ort::ThrowOnError(api.SetSymbolicDimensions(out, y_symbols.data(), y_symbols.size()));
     Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
+    VQGemmDims d;
+    int level = 0;
+    read_attributes(get, &d, &level);
+    if (in[0].known) {  // Y = X's shape with the last dim N; unknown rank in, unknown rank out
+      std::vector<int64_t> y_shape = in[0].shape;
+      y_shape.back() = d.N;
+      x_symbols.back() = "";
+      std::vector<const char*> y_symbols;
+      for (const auto& s : x_symbols) y_symbols.push_back(s.c_str());
+      Ort::ThrowOnError(api.SetDimensions(out, y_shape.data(), y_shape.size()));
+      Ort::ThrowOnError(api.SetSymbolicDimensions(out, y_symbols.data(), y_symbols.size()));
+      Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
+    }
     check_inputs(d, in);
     return nullptr;
   } catch (const Ort::Exception& e) {
@@ -156,7 +161,9 @@ std::vector<InputInfo> kernel_input_infos(const OrtKernelInfo* info) {
     Ort::TypeInfo type = ki.GetInputTypeInfo(i);
     if (type.GetONNXType() != ONNX_TYPE_TENSOR) fail("input " + std::to_string(i) + " must be a tensor");
     auto t = type.GetTensorTypeAndShapeInfo();
-    in.push_back({t.GetElementType(), t.GetShape()});
+    std::vector<int64_t> shape = t.GetShape();
+    const bool known = !shape.empty();  // no dimensions before a call: rank unknown (a scalar fails per call)
+    in.push_back({t.GetElementType(), std::move(shape), known});
   }
   return in;
 }

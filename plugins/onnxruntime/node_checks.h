@@ -18,6 +18,9 @@ namespace vq2trt::ort {
 struct InputInfo {
   ONNXTensorElementDataType type;
   std::vector<int64_t> shape;  // -1: unknown (shape inference only)
+  // False before any call when the graph does not know the rank (ORT reports no dimensions, as
+  // for a scalar): e.g. X from a Reshape whose shape is a runtime tensor. Checked on each call.
+  bool known = true;
 };
 
 [[noreturn]] void fail(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT);

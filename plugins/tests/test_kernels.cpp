@@ -116,6 +116,8 @@ int main() {
       {40, 90, 0, 8, 65536, 1, 0, 0, 0, true, false},    // 16-bit indices
       {33, 77, 3, 1, 32, 5, 64, 2, 8, false, true},      // 5-bit, odd group starts
       {24, 200, 10, 4, 128, 3, 256, 3, 64, true, false}, // 7-bit (256-entry tables), residual 8-bit
+      {48, 300, 3, 3, 512, 1, 0, 2, 256, true, false},   // 9-bit (512-entry tables): v3-k512-o1
+      {20, 130, 0, 2, 300, 3, 512, 0, 0, false, true},    // 9-bit groups at unaligned starts, 9-bit residual
       {16, 70, 0, 2, 16, 7, 16, 0, 0, false, false},     // 4-bit with odd group starts
       {45, 130, 5, 1, 16, 1, 0, 1, 16, false, true},    // level-4 float head: v = 1, odd head count
       {30, 100, 0, 4, 16, 2, 0, 0, 0, true, false},     // level-4 float head: 4-bit, v = 4
@@ -160,6 +162,8 @@ int main() {
       {48, 1100, 0, 2, 16, 2, 16, 0, 0, false, true},
       {41, 600, 5, 3, 64, 2, 0, 4, 256, true, false},
       {37, 400, 0, 1, 256, 1, 0, 0, 0, false, true},
+      {40, 700, 4, 3, 512, 1, 0, 2, 256, true, true},
+      {50, 333, 0, 4, 400, 2, 0, 0, 0, false, false},
   };
   for (const auto& d : prefill4) check_weight(rng, d, {9, 11, 16, 21, 29, 64});
   // Random formats.

@@ -37,18 +37,25 @@ def _quantized(cfg_fields: dict, **model_kw):
     return model.eval()
 
 
-@pytest.fixture(scope="session", params=["default", "features"])
-def exported(request, tmp_path_factory):
-    """(torch model with VQLinear layers, folder written by export_onnx)."""
+def _export(kind: str, ops: str, tmp_path_factory):
     from vq2trt.export.onnx_export import export_onnx
 
-    if request.param == "default":
-        model = _quantized(DEFAULT)
-    else:
-        model = _quantized(FEATURES, attention_bias=True)
-    out = tmp_path_factory.mktemp(f"onnx-{request.param}") / "model"
-    export_onnx(model, out)
+    model = _quantized(DEFAULT) if kind == "default" else _quantized(FEATURES, attention_bias=True)
+    out = tmp_path_factory.mktemp(f"onnx-{kind}-{ops}") / "model"
+    export_onnx(model, out, ops=ops)
     return model, out
+
+
+@pytest.fixture(scope="session", params=["default", "features"])
+def exported(request, tmp_path_factory):
+    """(torch model with VQLinear layers, folder written by export_onnx with its default ops)."""
+    return _export(request.param, "auto", tmp_path_factory)
+
+
+@pytest.fixture(scope="session", params=["default", "features"])
+def exported_basic(request, tmp_path_factory):
+    """As `exported`, with --ops basic: the portable opset-18 graph TensorRT builds from."""
+    return _export(request.param, "basic", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -57,8 +57,8 @@ def check_tensorrt_graph(folder) -> None:
     assert all(v.type.tensor_type.elem_type in TENSORRT_TYPES for v in io)
 
 
-def test_quantized_export_is_tensorrt_parsable(exported):
-    check_tensorrt_graph(exported[1])
+def test_quantized_export_is_tensorrt_parsable(exported_basic):
+    check_tensorrt_graph(exported_basic[1])
 
 
 def test_float16_export_is_tensorrt_parsable(exported, tmp_path_factory):
@@ -66,11 +66,11 @@ def test_float16_export_is_tensorrt_parsable(exported, tmp_path_factory):
     check_tensorrt_graph(out16)
 
 
-def test_checker_catches_a_local_function_and_an_unknown_op(exported, tmp_path):
+def test_checker_catches_a_local_function_and_an_unknown_op(exported_basic, tmp_path):
     """The check itself can fail: a graph with an op TensorRT lacks, or with a local function."""
     import shutil
 
-    src = exported[1]
+    src = exported_basic[1]
     for f in ("model.onnx", "model.onnx.data"):
         shutil.copy(src / f, tmp_path / f)
     proto = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)

@@ -256,6 +256,45 @@ def test_attributes_disagreeing_with_shapes_are_rejected(library, attr, value, n
         session(model, library)
 
 
+@pytest.mark.parametrize("attr,value", [
+    ("num_outlier_cols", 200), ("num_outlier_cols", -1), ("num_outlier_cols", 0),
+    ("outlier_vector_len", 0), ("num_outlier_centroids", 0), ("num_outlier_centroids", 1 << 20),
+])
+def test_bad_outlier_attribute_is_named_not_a_type_error(library, attr, value):
+    """float32 X, no bias, outlier columns: a bad outlier attribute used to surface as ORT's
+    "expected type (tensor(float16))" on Y (shape inference failed before Y's type was set)."""
+    rng = np.random.default_rng(9)
+    w = random_weight(rng, n_out=5, v_o=2, k_o=16)
+    model = make_model(w, np.float32)
+    for a in model.graph.node[0].attribute:
+        if a.name == attr:
+            a.i = value
+    with pytest.raises(Exception, match="outlier") as e:
+        session(model, library)
+    assert "expected type" not in str(e.value)
+
+
+def test_x_of_unknown_rank_is_checked_per_call(library):
+    """X from a Reshape whose target shape is a runtime tensor has no rank at session creation:
+    the session builds (it used to fail with "X has shape []"), runs, and a wrong K still fails."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(10)
+    w = random_weight(rng)
+    model = make_model(w, np.float32)
+    g = model.graph
+    g.node[0].input[0] = "Xr"
+    g.node.insert(0, helper.make_node("Reshape", ["X", "shape"], ["Xr"]))
+    g.input[0].CopyFrom(helper.make_tensor_value_info("X", TensorProto.FLOAT, ["n"]))
+    g.input.append(helper.make_tensor_value_info("shape", TensorProto.INT64, ["r"]))
+    g.output[0].CopyFrom(helper.make_tensor_value_info("Y", TensorProto.FLOAT, None))
+    sess = session(model, library)
+    x = rng.standard_normal((3, w.in_features)).astype(np.float32)
+    y = sess.run(None, {"X": x.reshape(-1), "shape": np.array(x.shape)})[0]
+    check(y, x, w, TOL_FP32)
+    with pytest.raises(Exception, match="in_features"):
+        sess.run(None, {"X": np.ones(2 * w.in_features, np.float32), "shape": np.array([w.in_features, 2])})
+
+
 # --- the registration agrees with export/vqgemm_op.json -------------------------------------
 def test_schema_attributes_are_what_the_op_reads(library):
     rng = np.random.default_rng(9)

@@ -22,7 +22,7 @@ def export_dir(tmp_path_factory):
     from vq2trt.export.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("trtcli") / "onnx"
-    export_onnx(make_tiny_llama(), out)
+    export_onnx(make_tiny_llama(), out, ops="basic")
     return out
 
 

@@ -28,7 +28,7 @@ def tiny_export(tmp_path_factory):
     from vq2trt.export.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("trt") / "onnx"
-    export_onnx(make_tiny_llama(), out)
+    export_onnx(make_tiny_llama(), out, ops="basic")
     return out
 
 

@@ -34,6 +34,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+# basic: opset-18 ops everywhere (TensorRT, any runtime); fused: opset-23 RMSNormalization,
+# RotaryEmbedding and Attention nodes (export/fused.py), ~4x fewer nodes for ONNX Runtime.
+OPS = ("basic", "fused")
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -52,9 +56,11 @@ class ExportDecoder(nn.Module):
     """``dtype`` other than float32 casts the float parameters of ``hf_model`` IN PLACE (pass a
     copy, as onnx_export.prepare does); VQGemmLinear buffers are left as stored."""
 
-    def __init__(self, hf_model: nn.Module, dtype: str | torch.dtype = torch.float32):
+    def __init__(self, hf_model: nn.Module, dtype: str | torch.dtype = torch.float32, ops: str = "basic"):
         super().__init__()
-        self.dtype = resolve_dtype(dtype)
+        if ops not in OPS:
+            raise ValueError(f"export ops must be one of {', '.join(OPS)}, got {ops!r}")
+        self.dtype, self.ops = resolve_dtype(dtype), ops
         if self.dtype != torch.float32:
             for p in hf_model.parameters():          # VQGemmLinear holds buffers only: untouched
                 if p.is_floating_point():
@@ -79,7 +85,23 @@ class ExportDecoder(nn.Module):
         kv = [f"present.{i}.{t}" for i in range(self.num_layers) for t in ("key", "value")]
         return ["logits", *kv]
 
+    def _norm(self, norm: nn.Module, h):
+        if self.ops == "basic":
+            return norm(h)
+        return nn.functional.rms_norm(h, (h.shape[-1],), norm.weight, norm.variance_epsilon)
+
+    def _fused_attention(self, attn: nn.Module, h, cos, sin, mask, past_k, past_v):
+        from vq2trt.export.fused import attention, rotary
+
+        q = rotary(attn.q_proj(h), cos, sin, self.num_heads)
+        k = rotary(attn.k_proj(h), cos, sin, self.num_kv_heads)
+        y, k, v = attention(q, k, attn.v_proj(h), mask, past_k, past_v, self.num_heads, self.num_kv_heads,
+                            self.head_dim ** -0.5)
+        return attn.o_proj(y), k, v
+
     def _attention(self, attn: nn.Module, h, cos, sin, mask, past_k, past_v):
+        if self.ops == "fused":
+            return self._fused_attention(attn, h, cos, sin, mask, past_k, past_v)
         B, S, _ = h.shape                                            # h [B, S, hidden]
         q = attn.q_proj(h).view(B, S, self.num_heads, self.head_dim).transpose(1, 2)     # [B, H, S, d]
         k = attn.k_proj(h).view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, d]
@@ -103,9 +125,12 @@ class ExportDecoder(nn.Module):
         h = self.embed_tokens(input_ids)                             # [B, S, hidden]
         S, T = input_ids.shape[1], attention_mask.shape[1]
         freqs = position_ids[..., None].float() * self.inv_freq      # [B, S, d/2]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        cos = (emb.cos() * self.attention_scaling)[:, None]          # [B, 1, S, d]
-        sin = (emb.sin() * self.attention_scaling)[:, None]
+        if self.ops == "fused":                                      # RotaryEmbedding takes the half
+            cos, sin = freqs.cos() * self.attention_scaling, freqs.sin() * self.attention_scaling
+        else:
+            emb = torch.cat([freqs, freqs], dim=-1)
+            cos = (emb.cos() * self.attention_scaling)[:, None]      # [B, 1, S, d]
+            sin = (emb.sin() * self.attention_scaling)[:, None]
         if self.dtype != torch.float32:
             cos, sin = cos.to(self.dtype), sin.to(self.dtype)
         # query i sits at absolute index T - S + i; it may see key j <= that index if unmasked
@@ -113,14 +138,16 @@ class ExportDecoder(nn.Module):
         causal = torch.arange(T, device=h.device)[None, :] <= q_idx                  # [S, T]
         allowed = causal[None, None] & (attention_mask[:, None, None, :] > 0)        # [B, 1, S, T]
         mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+        if self.ops == "fused" and self.dtype != torch.float32:      # Attention's mask has Q's type
+            mask = torch.where(allowed, 0.0, torch.finfo(self.dtype).min).to(self.dtype)
         presents = []
         for i, layer in enumerate(self.layers):
-            a, k, v = self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask,
+            a, k, v = self._attention(layer.self_attn, self._norm(layer.input_layernorm, h), cos, sin, mask,
                                       past[2 * i], past[2 * i + 1])
             h = h + a
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            h = h + layer.mlp(self._norm(layer.post_attention_layernorm, h))
             presents += [k, v]
-        logits = self.lm_head(self.norm(h))
+        logits = self.lm_head(self._norm(self.norm, h))
         if self.dtype != torch.float32:
             logits = logits.float()
         return (logits, *presents)

@@ -125,7 +125,8 @@ def model_info(model, decoder, *, quantized: bool, accuracy_level: int, source: 
     return {
         "format": "vq2trt-onnx", "version": 1, "model_type": cfg.model_type, "quantized": quantized,
         "accuracy_level": accuracy_level, "dtype": dtype_name(decoder),
-        "embedding": getattr(decoder.embed_tokens, "mode", "float32"), "num_layers": decoder.num_layers,
+        "embedding": getattr(decoder.embed_tokens, "mode", "float32"), "ops": decoder.ops,
+        "num_layers": decoder.num_layers,
         "num_key_value_heads": decoder.num_kv_heads, "head_dim": decoder.head_dim,
         "vocab_size": cfg.vocab_size, "eos_token_id": eos, "bos_token_id": getattr(cfg, "bos_token_id", None),
         "source": source, "inputs": decoder.input_names(), "outputs": decoder.output_names(),

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vq2trt.export import op
-from vq2trt.export.decoder import ExportDecoder, resolve_dtype
+from vq2trt.export import fused, op
+from vq2trt.export.decoder import OPS, ExportDecoder, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
 from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
@@ -46,8 +46,17 @@ def _translation():
     return {torch.ops.vq2trt.vq_gemm.default: vq_gemm}
 
 
+def resolve_ops(ops: str, dtype: str | torch.dtype = "float32") -> str:
+    """"fused" or "basic" for an ``ops`` choice (see export_onnx); a clear error for anything else."""
+    if ops == "auto":
+        return "fused" if resolve_dtype(dtype) == torch.float32 else "basic"
+    if ops not in OPS:
+        raise ValueError(f"export ops must be auto, {' or '.join(OPS)}, got {ops!r}")
+    return ops
+
+
 def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype = "float32",
-            embedding: str = "float32") -> ExportDecoder:
+            embedding: str = "float32", ops: str = "basic") -> ExportDecoder:
     """A copy of ``model`` with every VQLinear swapped for its export twin, in the KV-cache decoder
     computing in ``dtype`` (the copy's float parameters cast; the caller's model is untouched),
     its embedding table stored as ``embedding`` (vq2trt.export.embedding)."""
@@ -55,7 +64,7 @@ def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype 
     for name, mod in list(model.named_modules()):
         if isinstance(mod, VQLinear):
             replace_linear(model, name, VQGemmLinear(mod.to_vqweight(), accuracy_level))
-    dec = ExportDecoder(model, dtype).eval()
+    dec = ExportDecoder(model, dtype, ops).eval()
     compact_embedding(dec, embedding)
     return dec
 
@@ -80,25 +89,33 @@ def _dynamic_shapes(dec: ExportDecoder):
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
                 overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
-                dtype: str = "float32", embedding: str = "float32") -> Path:
+                dtype: str = "float32", embedding: str = "float32", ops: str = "auto") -> Path:
     """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
 
     ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`.
     ``dtype``: compute dtype of the graph (float32, float16, bfloat16); logits stay float32.
-    ``embedding``: stored form of the embedding table (float32, float16, int8)."""
+    ``embedding``: stored form of the embedding table (float32, float16, int8).
+    ``ops``: "fused" (opset 23: one RMSNormalization / RotaryEmbedding / Attention node each, for
+    ONNX Runtime), "basic" (opset 18, the portable graph TensorRT builds from) or "auto": fused
+    for float32, basic for float16/bfloat16 (the TensorRT dtypes)."""
     from vq2trt.export.graph import finalize, write_folder
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
+    ops = resolve_ops(ops, dtype)
     if embedding not in EMBEDDING_MODES:
         raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
-    dec = prepare(model, accuracy_level, dtype, embedding)
+    dec = prepare(model, accuracy_level, dtype, embedding, ops)
     args = _sample_inputs(dec)
+    table = _translation()
+    if ops == "fused":
+        table.update(fused.translations())
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            dec, args, dynamo=True, opset_version=OPSET, input_names=dec.input_names(),
+            dec, args, dynamo=True, opset_version=fused.OPSET if ops == "fused" else OPSET,
+            input_names=dec.input_names(),
             output_names=dec.output_names(), dynamic_shapes=_dynamic_shapes(dec),
-            custom_translation_table=_translation(), optimize=True, verbose=False)
+            custom_translation_table=table, optimize=True, verbose=False)
     proto = finalize(program.model_proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
                         accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))

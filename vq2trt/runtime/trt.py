@@ -159,6 +159,10 @@ def layout(info: dict, where: str = INFO_FILE) -> ExportLayout:
     missing = [k for k in ("inputs", "num_layers", "num_key_value_heads", "head_dim", "vocab_size") if k not in info]
     if missing:
         raise TrtError(f"{where}: missing {', '.join(missing)}; re-export the model with this vq2trt")
+    if info.get("ops", "basic") != "basic":
+        raise TrtError(f"{where}: exported with --ops {info['ops']} (opset-23 RMSNormalization, RotaryEmbedding "
+                       "and Attention nodes, for ONNX Runtime); TensorRT engines are built from the portable "
+                       "graph: re-export with `vq2trt export CHECKPOINT --ops basic`")
     L, H, D = int(info["num_layers"]), int(info["num_key_value_heads"]), int(info["head_dim"])
     inputs = tuple(info["inputs"])
     want = ["input_ids", "attention_mask", "position_ids",

@@ -1,8 +1,10 @@
 // The int8 part kernel (accuracy_level 4): AVX-512 VBMI byte-table lookups + VNNI dot products.
 //
 // Per output row n = r*v + j and block of 64 columns, the 64 indices of vector row r select 64
-// weights of component j with one vpermb (k <= 64) or two vpermi2b + a blend on bit 7 (k <= 256),
-// already contiguous along the columns, and vpdpbusd multiplies them with the int8 activations.
+// weights of component j with one vpermb (k <= 64), two vpermi2b + a blend on bit 7 (k <= 256)
+// or twice that + a blend on bit 8 (k <= 512: 9-bit indices come unpacked as their low bytes and
+// one 64-bit mask of bit 8 per block), already contiguous along the columns, and vpdpbusd
+// multiplies them with the int8 activations.
 // One unpacked index row feeds all v output rows of the vector. The tables hold the codebook
 // centred on each component's midrange; the caller's float Σ x' times the centre restores it. Built with per-file flags (see
 // plugins/core/CMakeLists.txt) and only called after detect_isa() reported kAvx512.
@@ -19,14 +21,25 @@ namespace {
 
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// 64 bytes of a 512-entry table t (8 zmm) at 64 9-bit indices: low bytes ix, bit 8 in hi.
+inline __m512i lookup512(const __m512i* t, __m512i ix, __mmask64 b7, __mmask64 hi) {
+  const __m512i a = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(t[0], ix, t[1]),
+                                           _mm512_permutex2var_epi8(t[2], ix, t[3]));
+  const __m512i b = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(t[4], ix, t[5]),
+                                           _mm512_permutex2var_epi8(t[6], ix, t[7]));
+  return _mm512_mask_blend_epi8(hi, a, b);
+}
+
 // sums[m * JV + jj] = Σ_scale blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
-template <int JV, bool BIG>
-void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentries, const int8_t* xq,
-                int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
-  constexpr int TR = BIG ? 4 : 1;
+// E: table entries (64, 256 or 512); hi: E = 512 only, bit 8 of the indices per 64-column block.
+// last: the bytes of idx's last block that may be read (idx can be the packed row itself).
+template <int JV, int E>
+void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 last, const uint8_t* qt,
+                const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+  constexpr int TR = E / 64;
   __m512i T[JV][TR];
   for (int jj = 0; jj < JV; ++jj)
-    for (int t = 0; t < TR; ++t) T[jj][t] = _mm512_loadu_si512(qt + jj * qentries + 64 * t);
+    for (int t = 0; t < TR; ++t) T[jj][t] = _mm512_loadu_si512(qt + jj * E + 64 * t);
   for (int64_t m = 0; m < M; ++m) {
     __m512 acc[JV];
     for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm512_setzero_ps();
@@ -38,13 +51,15 @@ void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentrie
       for (int jj = 0; jj < JV; ++jj) isum[jj] = _mm512_setzero_si512();
       const int64_t b_end = nblk < sb * 4 + 4 ? nblk : sb * 4 + 4;
       for (int64_t b = sb * 4; b < b_end; ++b) {
-        const __m512i ix = _mm512_loadu_si512(idx + 64 * b);
+        const __m512i ix = b + 1 < nblk ? _mm512_loadu_si512(idx + 64 * b) : _mm512_maskz_loadu_epi8(last, idx + 64 * b);
         const __m512i xv = _mm512_loadu_si512(xr + 64 * b);
         __mmask64 upper = 0;
-        if (BIG) upper = _mm512_movepi8_mask(ix);  // bit 7: entries 128..255
+        if (E >= 256) upper = _mm512_movepi8_mask(ix);  // bit 7: entries 128..255 (of each 256)
         for (int jj = 0; jj < JV; ++jj) {
           __m512i w;
-          if (BIG) {
+          if (E == 512) {
+            w = lookup512(T[jj], ix, upper, hi[b]);
+          } else if (E == 256) {
             const __m512i l = _mm512_permutex2var_epi8(T[jj][0], ix, T[jj][1]);
             const __m512i h = _mm512_permutex2var_epi8(T[jj][2], ix, T[jj][3]);
             w = _mm512_mask_blend_epi8(upper, l, h);
@@ -61,14 +76,49 @@ void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentrie
   }
 }
 
-template <bool BIG>
-void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int qentries, const int8_t* xq,
-              int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+template <int E>
+void dispatch(int jv, const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 last, const uint8_t* qt,
+              const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
   switch (jv) {
-    case 1: lookup_dot<1, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
-    case 2: lookup_dot<2, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
-    case 3: lookup_dot<3, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
-    default: lookup_dot<4, BIG>(idx, nblk, qt, qentries, xq, xq_stride, sx, sx_stride, M, sums); break;
+    case 1: lookup_dot<1, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+    case 2: lookup_dot<2, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+    case 3: lookup_dot<3, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+    default: lookup_dot<4, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+  }
+}
+
+// 9-bit indices: every 32 indices are 36 bytes, so the bit offset within a byte is the same for
+// each 32-index window. vpermb puts the two bytes holding index i into 16-bit lane i, vpsrlvw
+// shifts it down; the low bytes go out as bytes, bit 8 as a mask per 64 columns.
+void unpack9(const uint32_t* row, int64_t words, int64_t skip, int64_t count, int64_t nblk, uint8_t* out) {
+  const uint8_t* base = reinterpret_cast<const uint8_t*>(row) + (skip >> 3);
+  const int64_t avail = words * 4 - (skip >> 3);
+  const int s0 = int(skip & 7);
+  alignas(64) uint8_t perm[64];
+  alignas(64) uint16_t shift[32];
+  for (int i = 0; i < 32; ++i) {
+    const int t = s0 + 9 * i;
+    perm[2 * i] = uint8_t(t >> 3);
+    perm[2 * i + 1] = uint8_t((t >> 3) + 1);
+    shift[i] = uint16_t(t & 7);
+  }
+  const __m512i vperm = _mm512_load_si512(perm), vshift = _mm512_load_si512(shift);
+  const __m512i m9 = _mm512_set1_epi16(0x1ff);
+  uint64_t* hi = reinterpret_cast<uint64_t*>(out + nblk * 64);
+  for (int64_t b = 0; b < nblk; ++b) {
+    uint64_t h = 0;
+    for (int half = 0; half < 2; ++half) {
+      const int64_t c0 = b * 64 + half * 32, off = c0 / 32 * 36, n = avail - off;
+      const int64_t valid = count - c0;
+      const __mmask64 lm = n >= 64 ? ~__mmask64(0) : n <= 0 ? 0 : (__mmask64(1) << n) - 1;
+      const __mmask32 cm = valid >= 32 ? ~__mmask32(0) : valid <= 0 ? 0 : (__mmask32(1) << valid) - 1;
+      const __m512i win = _mm512_maskz_loadu_epi8(lm, base + (n > 0 ? off : 0));
+      const __m512i v = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi8(vperm, win), vshift), m9);
+      const __m512i vc = _mm512_maskz_mov_epi16(cm, v);  // columns past count: index 0
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c0), _mm512_cvtepi16_epi8(vc));
+      h |= uint64_t(_mm512_test_epi16_mask(vc, _mm512_set1_epi16(0x100))) << (32 * half);
+    }
+    hi[b] = h;
   }
 }
 
@@ -77,6 +127,7 @@ void dispatch(int jv, const uint8_t* idx, int64_t nblk, const uint8_t* qt, int q
 // Packed row -> one index byte per column, zero padded to whole 64-column blocks.
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk, bool split,
                   uint8_t* out) {
+  if (bits == 9) return unpack9(row, words, skip, count, nblk, out);
   const uint32_t* w = row + (skip >> 5);
   const int sh = int(skip & 31);
   const uint8_t* bytes = reinterpret_cast<const uint8_t*>(w) + sh / 8;  // byte-aligned cases only
@@ -133,20 +184,30 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
                const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t y0,
                int64_t n0, int64_t n1, float* scratch) {
   const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
-  uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
+  uint8_t* buf = reinterpret_cast<uint8_t*>(scratch);
+  const uint64_t* hi = reinterpret_cast<const uint64_t*>(buf + nblk * 64);  // 9-bit indices only
+  // Byte-aligned 8-bit indices are read where they lie (the copy into scratch was ~15 % of a
+  // decode step); the last block then loads only the row's own bytes, the rest as index 0 (their
+  // activations are zero).
+  const bool in_place = pt.bits == 8 && pt.skip_bits % 8 == 0 && !pt.split4;
+  const int64_t tail = pt.count - (nblk - 1) * 64;
+  const __mmask64 last = in_place && tail < 64 ? (__mmask64(1) << tail) - 1 : ~__mmask64(0);
   // Sums of up to 4 components for every activation row; M is small on this route (see vqgemm.cpp).
-  float* sums = scratch + (nblk * 64) / 4 + 16;
+  float* sums = scratch + (nblk * 64 + nblk * 8) / 4 + 16;
   for (int64_t r = n0 / v; r * v < n1; ++r) {
-    unpack_index_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits, pt.count,
-                 nblk, pt.split4, idx);
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
+    const uint8_t* idx = in_place ? reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8 : buf;
+    if (!in_place) unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, pt.count, nblk, pt.split4, buf);
     for (int64_t jc = 0; jc < v; jc += 4) {
       const int64_t nb = r * v + jc, jv = lo(4, v - jc);
       if (nb + jv <= n0 || nb >= n1) continue;
       const uint8_t* qt = pt.qt + jc * pt.qentries;
-      if (pt.qentries == 256)
-        dispatch<true>(int(jv), idx, nblk, qt, 256, xq, xq_stride, sx, sx_stride, M, sums);
+      if (pt.qentries == 512)
+        dispatch<512>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums);
+      else if (pt.qentries == 256)
+        dispatch<256>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums);
       else
-        dispatch<false>(int(jv), idx, nblk, qt, 64, xq, xq_stride, sx, sx_stride, M, sums);
+        dispatch<64>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums);
       for (int64_t m = 0; m < M; ++m)
         for (int64_t jj = 0; jj < jv; ++jj) {
           const int64_t n = nb + jj;

@@ -26,9 +26,9 @@ struct Part {
   // v = 3 only: the table again with rows padded to 4 floats, so that decode loads one 16-byte row
   // per index and does one 4-lane multiply-add (the 3-wide table went through a scalar loop).
   std::vector<float> ftab4;
-  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 8, AVX2 with bits <= 4): per
+  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 9, AVX2 with bits <= 4): per
   // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
-  // halves) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
+  // halves, 512 for two of those) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
   // multiplies u8 by s8; the +128 is subtracted once per x block. Centering on the midrange uses
   // all 255 levels for one-signed codebooks (normalised weights have q in [0, 1]) and takes the
   // common part qcenter[j] · Σ x' out of the int8 products: it is added back from the float x',
@@ -93,7 +93,7 @@ constexpr int64_t kTileCols = 128, kTileRows = 16;
 constexpr int64_t kInt8PrefillTileN = 32;  // output rows per pass
 inline int64_t int8_prefill_scratch_floats(int64_t max_count, int64_t M) {
   const int64_t nblk = 2 * ((max_count + 127) / 128), nsb = (nblk + 3) / 4;
-  return (M * nsb + 16) + M * kInt8PrefillTileN + 64 * 128 / 4 + (kInt8PrefillTileN + 1) * (nblk * 64 + 64) / 4 + 64;
+  return (M * nsb + 16) + M * kInt8PrefillTileN + 64 * 128 / 4 + (kInt8PrefillTileN + 1) * (nblk * 72 + 64) / 4 + 64;
 }
 inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
   const int64_t tile = M > 1 ? (p.max_count + 1) * 16 + kTileCols * kTileRows : kTileCols * kTileRows;
@@ -142,7 +142,8 @@ void part_int8_prefill(const Part& pt, const int8_t* xq, int64_t xq_stride, cons
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch);
 // Packed index row -> one byte per column in the int8 route's order (Part::split4), zero padded
-// to nblk blocks of 64 (int8_avx512.cpp; out needs nblk · 64 bytes).
+// to nblk blocks of 64 (int8_avx512.cpp; out needs nblk · 64 bytes). 9-bit indices: the low
+// bytes, then nblk uint64 masks of bit 8 (out needs nblk · 72 bytes).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                         bool split, uint8_t* out);
 // x'[0, count) -> int8 q (zero padded to a multiple of 64) with one scale per kXBlock columns in

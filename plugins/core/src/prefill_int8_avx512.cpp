@@ -9,8 +9,8 @@
 // activation row broadcasts its 4 bytes of x against them: 64 multiply-adds per instruction with
 // no horizontal sum, 12 activation rows x 2 tiles of accumulators in registers. A tile is the
 // decode lookups of 16 output rows (one vector per row) put through a 16 x 16 dword transpose, so
-// every k <= 256 part and any v is covered, 4-bit "split" columns included (the activations are
-// stored in that order too).
+// every k <= 512 part and any v is covered, 4-bit "split" columns included (the activations are
+// stored in that order too), and 9-bit (512-entry) parts.
 // Same quantized x, byte tables and block scales as the decode route; the +128 of the unsigned
 // tables comes off in int32 per block (exact; decode subtracts it in float), and the float sums
 // run in another order, so prefill and decode agree to float32 rounding. Built with per-file flags
@@ -54,25 +54,34 @@ inline void transpose16(__m512i (&r)[16]) {
   }
 }
 
-// 64 table bytes at 64 indices: vpermb (64 entries) or two vpermi2b and a blend on bit 7.
-inline __m512i lookup(__m512i ix, const uint8_t* t, bool big) {
-  if (!big) return _mm512_permutexvar_epi8(ix, _mm512_loadu_si512(t));
+// 64 table bytes at 64 indices: vpermb (64 entries), two vpermi2b and a blend on bit 7 (256), or
+// that twice and a blend on bit 8 (512 entries; hi: bit 8 of the 64 indices).
+inline __m512i lookup(__m512i ix, const uint8_t* t, int entries, uint64_t hi) {
+  if (entries == 64) return _mm512_permutexvar_epi8(ix, _mm512_loadu_si512(t));
+  const __mmask64 b7 = _mm512_movepi8_mask(ix);
   const __m512i l = _mm512_permutex2var_epi8(_mm512_loadu_si512(t), ix, _mm512_loadu_si512(t + 64));
   const __m512i h = _mm512_permutex2var_epi8(_mm512_loadu_si512(t + 128), ix, _mm512_loadu_si512(t + 192));
-  return _mm512_mask_blend_epi8(_mm512_movepi8_mask(ix), l, h);
+  const __m512i a = _mm512_mask_blend_epi8(b7, l, h);
+  if (entries == 256) return a;
+  const __m512i l2 = _mm512_permutex2var_epi8(_mm512_loadu_si512(t + 256), ix, _mm512_loadu_si512(t + 320));
+  const __m512i h2 = _mm512_permutex2var_epi8(_mm512_loadu_si512(t + 384), ix, _mm512_loadu_si512(t + 448));
+  return _mm512_mask_blend_epi8(hi, a, _mm512_mask_blend_epi8(b7, l2, h2));
 }
 
 // Tiles of 64-column blocks [b0, b1) for the pass's output rows: tile + (q·2 + h)·64 holds column
 // quad q (counted from b0) of rows 16h .. 16h+15. ix[i] / tab[i]: row i's index bytes and table
 // (null past the task's rows: weight 0, any value would do since those lanes are never stored).
-void build_tiles(const uint8_t* const* ix, const uint8_t* const* tab, bool big, int nt, int64_t b0, int64_t b1,
-                 uint8_t* tile) {
+// 512-entry tables: row i's bit-8 masks follow its nblk index blocks (unpack_index_bytes).
+void build_tiles(const uint8_t* const* ix, const uint8_t* const* tab, int entries, int64_t nblk, int nt, int64_t b0,
+                 int64_t b1, uint8_t* tile) {
   for (int64_t b = b0; b < b1; ++b)
     for (int h = 0; h < nt; ++h) {
       __m512i r[16];
       for (int l = 0; l < 16; ++l) {
         const int i = 16 * h + l;
-        r[l] = tab[i] ? lookup(_mm512_loadu_si512(ix[i] + 64 * b), tab[i], big) : _mm512_set1_epi8(char(0x80));
+        uint64_t hi = 0;
+        if (entries == 512 && tab[i]) std::memcpy(&hi, ix[i] + nblk * 64 + 8 * b, 8);
+        r[l] = tab[i] ? lookup(_mm512_loadu_si512(ix[i] + 64 * b), tab[i], entries, hi) : _mm512_set1_epi8(char(0x80));
       }
       transpose16(r);
       uint8_t* out = tile + (b - b0) * 16 * 128 + 64 * h;
@@ -147,8 +156,7 @@ void part_int8_prefill(const Part& pt, const int8_t* xq, int64_t xq_stride, cons
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch) {
   const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
-  const int64_t nsb = (nblk + 3) / 4, rowbytes = nblk * 64 + 64;
-  const bool big = pt.qentries == 256;
+  const int64_t nsb = (nblk + 3) / 4, rowbytes = nblk * 64 + nblk * 8 + 64;  // layout: unpack_index_bytes
   int32_t* init = reinterpret_cast<int32_t*>(scratch);
   float* facc = scratch + ((M * nsb + 15) / 16) * 16;  // 64-byte aligned (scratch is)
   uint8_t* tile = reinterpret_cast<uint8_t*>(facc + M * kTileN);
@@ -181,7 +189,7 @@ void part_int8_prefill(const Part& pt, const int8_t* xq, int64_t xq_stride, cons
     std::memset(facc, 0, size_t(M * kTileN) * sizeof(float));
     for (int64_t sb = 0; sb < nsb; ++sb) {
       const int64_t b0 = 4 * sb, b1 = lo(nblk, b0 + 4), quads = (b1 - b0) * 16;
-      build_tiles(ix, tab, big, nt, b0, b1, tile);
+      build_tiles(ix, tab, pt.qentries, nblk, nt, b0, b1, tile);
       const int8_t* x = xq + 64 * b0;
       if (nt == 2)
         dot_all<2>(tile, quads, x, xq_stride, init + sb, nsb, sx + sb, sx_stride, M, facc);

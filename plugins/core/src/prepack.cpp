@@ -84,10 +84,10 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
     for (int64_t i = 0; i < k; ++i)
       for (int64_t j = 0; j < 3; ++j) p.ftab4[size_t(i * 4 + j)] = p.ftab[size_t(i * 3 + j)];
   }
-  // Byte tables: the AVX-512 route takes up to 256 entries, the AVX2 one (vpshufb) 16.
-  if ((int8 == Isa::kAvx512 && p.bits <= 8) || (int8 == Isa::kAvx2 && p.bits <= 4)) {
+  // Byte tables: the AVX-512 route takes up to 512 entries, the AVX2 one (vpshufb) 16.
+  if ((int8 == Isa::kAvx512 && p.bits <= 9) || (int8 == Isa::kAvx2 && p.bits <= 4)) {
     p.int8 = true;
-    p.qentries = int8 == Isa::kAvx2 ? 16 : p.bits <= 6 ? 64 : 256;
+    p.qentries = int8 == Isa::kAvx2 ? 16 : p.bits <= 6 ? 64 : p.bits <= 8 ? 256 : 512;
     p.qtab.assign(size_t(v * p.qentries), 128);  // 128 = weight 0 for the unused entries
     p.qscale.assign(size_t(v), 1.f);
     p.qcenter.assign(size_t(v), 0.f);
