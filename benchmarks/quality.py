@@ -50,7 +50,7 @@ class Row:
 
 
 # Token budgets scale with --distill-scale (1 on a 2-core CPU).
-D_SMALL, D_LARGE = 32_768, 131_072
+D_SMALL, D_LARGE, D_XL = 32_768, 131_072, 262_144
 # Around 3.3 bits the allocation steps from ~2 to ~3 to ~4 index bits.
 C_33 = "v4-k256-o1,v3-k512-o1,v2-k256-o1"
 # 8x the default 64 x 512 calibration tokens (Hessians and allocation sensitivities).
@@ -68,6 +68,8 @@ ROWS = [
     Row("vptq-2.3", "v4-k256", "~2.3", target_bits=2.3, lever="+ bit allocation"),
     Row("vptq-2.3+d-s", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-2.3+d-l", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-2.3+d-xl", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_XL,
+        lever="+ distillation (2x large)"),
     Row("vptq-2.3+cal", "v4-k256", "~2.3", CAL_128x2048, target_bits=2.3,
         lever="+ bit allocation, calibration 128 x 2048"),
     Row("vptq-2.3+cal+d-l", "v4-k256", "~2.3", CAL_128x2048, target_bits=2.3, distill_tokens=D_LARGE,
