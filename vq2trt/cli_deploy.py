@@ -176,9 +176,9 @@ def add_parsers(sub) -> None:
                         "quarter of float32) or float16; needs an lm_head that is not the same tensor "
                         "(quantize --head, or an untied model)")
     x.add_argument("--ops", default="auto", choices=("auto", "fused", "basic"),
-                   help="fused: opset-23 RMSNormalization/RotaryEmbedding/Attention nodes, ~4x fewer nodes, faster "
-                        "in ONNX Runtime; basic: opset-18 graph for TensorRT (build-engine takes only this); "
-                        "auto (default): fused for float32, basic for float16/bfloat16")
+                   help="fused (float32 only): opset-23 RMSNormalization/RotaryEmbedding/Attention nodes, ~4x "
+                        "fewer nodes, faster in ONNX Runtime; basic: opset-18 graph for TensorRT (build-engine "
+                        "takes only this); auto (default): fused for float32, basic for float16/bfloat16")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 

@@ -98,3 +98,6 @@ def test_unknown_ops_value_is_refused_before_anything_is_written(exported, tmp_p
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="basic, fused"):
         ExportDecoder(exported[0], ops="fast")
+    with pytest.raises(ValueError, match="float32 only"):
+        export_onnx(exported[0], tmp_path / "y", ops="fused", dtype="float16")
+    assert not (tmp_path / "y").exists()

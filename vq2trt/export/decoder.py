@@ -61,6 +61,10 @@ class ExportDecoder(nn.Module):
         if ops not in OPS:
             raise ValueError(f"export ops must be one of {', '.join(OPS)}, got {ops!r}")
         self.dtype, self.ops = resolve_dtype(dtype), ops
+        if ops == "fused" and self.dtype != torch.float32:
+            # float16/bfloat16 graphs are for TensorRT, which builds from the basic graph; a fused
+            # one in a low dtype has no runtime here to be tested against.
+            raise ValueError(f"export ops 'fused' is float32 only, got dtype {self.dtype}; use ops 'basic'")
         if self.dtype != torch.float32:
             for p in hf_model.parameters():          # VQGemmLinear holds buffers only: untouched
                 if p.is_floating_point():
@@ -138,8 +142,6 @@ class ExportDecoder(nn.Module):
         causal = torch.arange(T, device=h.device)[None, :] <= q_idx                  # [S, T]
         allowed = causal[None, None] & (attention_mask[:, None, None, :] > 0)        # [B, 1, S, T]
         mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
-        if self.ops == "fused" and self.dtype != torch.float32:      # Attention's mask has Q's type
-            mask = torch.where(allowed, 0.0, torch.finfo(self.dtype).min).to(self.dtype)
         presents = []
         for i, layer in enumerate(self.layers):
             a, k, v = self._attention(layer.self_attn, self._norm(layer.input_layernorm, h), cos, sin, mask,
