@@ -42,6 +42,7 @@ class Row:
     distill_tokens: int = 0
     lever: str = ""
     candidates: str | None = None                       # None: --candidates
+    distill_opts: dict = field(default_factory=dict)    # DistillConfig fields (the index step)
 
     def quant_key(self, a) -> dict:
         return {"preset": self.preset, "overrides": self.overrides, "target_bits": self.target_bits,
@@ -55,6 +56,8 @@ D_SMALL, D_LARGE, D_XL = 32_768, 131_072, 262_144
 C_33 = "v4-k256-o1,v3-k512-o1,v2-k256-o1"
 # 8x the default 64 x 512 calibration tokens (Hessians and allocation sensitivities).
 CAL_128x2048 = {"calib_samples": 128, "calib_seqlen": 2048}
+# Distillation's discrete step (vq2trt.index_step): every 4 optimizer steps, up to 0.5 % of each layer's vectors.
+IDX = {"index_every": 4, "index_frac": 0.005}
 ROWS = [
     Row("float", None, "-", lever="fp16 (dequantized Q4_1 GGUF)"),
     Row("gptq-2", "gptq-w2g128", "~2", lever="GPTQ"),
@@ -68,6 +71,10 @@ ROWS = [
     Row("vptq-2.3", "v4-k256", "~2.3", target_bits=2.3, lever="+ bit allocation"),
     Row("vptq-2.3+d-s", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-2.3+d-l", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-2.3+d-s+idx", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, distill_opts=IDX,
+        lever="+ index step in distillation (small)"),
+    Row("vptq-2.3+d-l+idx", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_LARGE, distill_opts=IDX,
+        lever="+ index step in distillation (large)"),
     Row("vptq-2.3+d-xl", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_XL,
         lever="+ distillation (2x large)"),
     Row("vptq-2.3+cal", "v4-k256", "~2.3", CAL_128x2048, target_bits=2.3,
@@ -78,6 +85,8 @@ ROWS = [
     Row("vptq-3", "v3-k512-o1", "~3", lever="VPTQ as before this issue"),
     Row("vptq-3+d-s", "v3-k512-o1", "~3", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-3+d-l", "v3-k512-o1", "~3", distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-3+d-l+idx", "v3-k512-o1", "~3", distill_tokens=D_LARGE, distill_opts=IDX,
+        lever="+ index step in distillation (large)"),
     Row("vptq-3+cal", "v3-k512-o1", "~3", CAL_128x2048, lever="+ calibration 128 x 2048 tokens"),
     Row("vptq-3+cal+d-l", "v3-k512-o1", "~3", CAL_128x2048, distill_tokens=D_LARGE, lever="+ distillation (large)"),
     Row("vptq-3.3", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, lever="+ bit allocation"),
@@ -88,6 +97,18 @@ ROWS = [
 
 def _key(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fields(obj) -> dict:
+    """asdict() without the index-step fields while the step is off, so rows and distillations
+    cached before those fields existed keep their keys."""
+    d = asdict(obj)
+    if not d.get("distill_opts", True):
+        d.pop("distill_opts")
+    if not d.get("index_every", 1):
+        for k in [k for k in d if k.startswith("index_")]:
+            d.pop(k)
+    return d
 
 
 def _folder_mib(path: Path) -> float:
@@ -144,8 +165,8 @@ class Bench:
         from vq2trt.io import load_quantized, save_quantized
 
         tokens = int(row.distill_tokens * self.a.distill_scale)
-        cfg = DistillConfig(tokens=tokens, lr=self.a.distill_lr)
-        folder = self.work / f"d-{_key({'base': str(base), 'cfg': asdict(cfg)})}"
+        cfg = DistillConfig(tokens=tokens, lr=self.a.distill_lr, **row.distill_opts)
+        folder = self.work / f"d-{_key({'base': str(base), 'cfg': _fields(cfg)})}"
         if (folder / "meta.json").exists():
             return folder / "ckpt", json.loads((folder / "meta.json").read_text())["seconds"]
         student, tok = load_quantized(base, with_tokenizer=True)
@@ -155,7 +176,9 @@ class Bench:
         save_quantized(student, student.vq2trt_config, folder / "ckpt", tokenizer=tok, overwrite=True)
         shutil.rmtree(folder / "state", ignore_errors=True)
         (folder / "meta.json").write_text(json.dumps({"seconds": r.seconds, "kl_first": r.loss_first,
-                                                      "kl_last": r.loss_last, "tokens": r.tokens}))
+                                                      "kl_last": r.loss_last, "tokens": r.tokens,
+                                                      "indices_changed": r.indices_changed,
+                                                      "index_kept": r.index_kept, "index_steps": r.index_steps}))
         return folder / "ckpt", r.seconds
 
     # --- scoring --------------------------------------------------------------------------------
@@ -205,7 +228,7 @@ class Bench:
         return res
 
     def settings(self, row: Row) -> dict:
-        s = {**asdict(row), **row.quant_key(self.a), "ctx": self.a.ctx, "full": self.a.full,
+        s = {**_fields(row), **row.quant_key(self.a), "ctx": self.a.ctx, "full": self.a.full,
              "windows": self.a.windows, "windows2": self.a.windows2, "model": Path(self.model_path).name}
         if row.distill_tokens:
             s.update(distill_scale=self.a.distill_scale, distill_lr=self.a.distill_lr)

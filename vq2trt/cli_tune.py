@@ -15,7 +15,8 @@ def distill_config(a: argparse.Namespace, tokens: int, lr: float):
 
     cfg = DistillConfig(tokens=tokens, seqlen=a.distill_seqlen, batch_size=a.distill_batch,
                         grad_accum=a.distill_accum, lr=lr, seed=a.seed or 0,
-                        checkpoint_activations=a.checkpoint_activations)
+                        checkpoint_activations=a.checkpoint_activations, index_every=a.index_every,
+                        index_frac=a.index_frac)
     cfg.validate()
     return cfg
 
@@ -29,9 +30,12 @@ def run_distill(student, teacher, tokenizer, text: str, cfg, work: Path, a: argp
     r = distill(student, teacher, ids, cfg, work_dir=work, device=a.device, progress=not a.quiet)
     student.config.vq2trt_distillation = {"tokens": r.tokens, "steps": r.steps, "seqlen": cfg.seqlen,
                                           "lr": cfg.lr, "seed": cfg.seed, "kl_first": r.loss_first,
-                                          "kl_last": r.loss_last}
+                                          "kl_last": r.loss_last, "index_every": cfg.index_every,
+                                          "indices_changed": r.indices_changed}
     print(f"distilled {r.steps} steps ({r.tokens} tokens) in {r.seconds:.0f} s: KL(teacher||student) per token "
-          f"{r.loss_first:.4f} -> {r.loss_last:.4f} (first and last step)")
+          f"{r.loss_first:.4f} -> {r.loss_last:.4f} (first and last step)"
+          + (f"; index step kept {r.index_kept} of {r.index_steps} times, {r.indices_changed} indices moved"
+             if cfg.index_every else ""))
     return r
 
 
@@ -76,6 +80,11 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-accum", type=int, default=4,
                    help="forward passes per optimizer step, gradient accumulation (default 4)")
     p.add_argument("--distill-lr", type=float, help=f"peak AdamW learning rate (default {DEFAULT_LR})")
+    p.add_argument("--index-every", type=int, default=0,
+                   help="every N optimizer steps also move main indices to codewords that lower the loss "
+                        "(PV-tuning style; 0 = indices stay fixed, the default)")
+    p.add_argument("--index-frac", type=float, default=0.005,
+                   help="share of each layer's vectors one index step may move (default 0.005)")
     p.add_argument("--checkpoint-activations", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each decoder layer's activations in backward (default: on above 1B parameters)")
 

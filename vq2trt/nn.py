@@ -2,7 +2,8 @@
 
 Codebooks (and normalisation scales) are float32 Parameters so layer-wise
 fine-tuning can train them; ``to_vqweight()`` rounds them back to the stored
-fp16. Indices and the permutation are buffers and never change.
+fp16. Indices and the permutation are buffers; only distillation's index step
+(vq2trt.index_step) moves main indices.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vq2trt.format import VQWeight
+from vq2trt.config import index_bits
+from vq2trt.format import VQWeight, pack_indices
 from vq2trt.reference import dequant_tensors, torch_tensors
 
 
@@ -69,6 +71,7 @@ class VQLinear(nn.Module):
         """Dequantize once for a whole optimizer step: forwards use a leaf copy of W whose .grad
         collects every micro-batch's dL/dW, and end_step() pushes that into the codebooks in one
         backward, instead of one dequantization and its backward per micro-batch."""
+        self._cache = None  # the step will change what an inference forward must see
         with torch.no_grad():
             self._step_weight = self.weight_float().requires_grad_(True)
 
@@ -107,9 +110,11 @@ class VQLinear(nn.Module):
         return [(n, getattr(self, n)) for n in _TRAINABLE + ("bias",) if getattr(self, n) is not None]
 
     def to_vqweight(self) -> VQWeight:
-        """The stored form, codebooks and scales rounded to fp16 (indices unchanged)."""
+        """The stored form: codebooks and scales rounded to fp16, main indices as they are now
+        (distillation's index step may have moved them; the others never change)."""
         base = self._template
         kw = {f: getattr(base, f) for f in VQWeight.TENSOR_FIELDS}
+        kw["indices"] = pack_indices(self.indices.cpu().numpy(), index_bits(base.num_centroids))
         for name in _TRAINABLE:
             p = getattr(self, name)
             if p is not None:
