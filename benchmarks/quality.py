@@ -85,6 +85,7 @@ ROWS = [
     Row("vptq-3", "v3-k512-o1", "~3", lever="VPTQ as before this issue"),
     Row("vptq-3+d-s", "v3-k512-o1", "~3", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-3+d-l", "v3-k512-o1", "~3", distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-3+d-xl", "v3-k512-o1", "~3", distill_tokens=D_XL, lever="+ distillation (2x large)"),
     Row("vptq-3+d-l+idx", "v3-k512-o1", "~3", distill_tokens=D_LARGE, distill_opts=IDX,
         lever="+ index step in distillation (large)"),
     Row("vptq-3+cal", "v3-k512-o1", "~3", CAL_128x2048, lever="+ calibration 128 x 2048 tokens"),
