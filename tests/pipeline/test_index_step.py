@@ -13,7 +13,9 @@ from vq2trt.io import load_quantized, save_quantized
 from vq2trt.nn import VQLinear
 from vq2trt.reference import dequantize
 
-from .test_distill import COARSE, SHORT, _bytes, _quantized, _train_ids
+from vq2trt.cli import main
+
+from .test_distill import COARSE, SHORT, _bytes, _ft, _quantized, _train_ids, tiny_dirs  # noqa: F401 (fixture)
 from .tiny import calib_ids
 
 INDEX = dict(index_every=1, index_frac=0.002)
@@ -167,3 +169,22 @@ def test_index_step_with_activation_checkpointing_is_refused():
     with pytest.raises(DistillError, match="checkpointing"):
         distill(student, teacher, _train_ids(), DistillConfig(**{**SHORT, **INDEX, "checkpoint_activations": True}),
                 device="cpu", progress=False)
+
+
+def test_cli_finetune_with_index_step(tiny_dirs, tmp_path, capsys):
+    model_dir, q, calib = tiny_dirs
+    out = tmp_path / "tuned"
+    argv = _ft(q, model_dir, calib, out, "--tokens", "512", "--index-every", "1", "--index-frac", "0.002")
+    assert main(argv) == 0
+    assert "index step kept" in capsys.readouterr().out
+    rec = load_quantized(out).config.vq2trt_distillation
+    assert rec["index_every"] == 1 and isinstance(rec["indices_changed"], int)
+
+
+@pytest.mark.parametrize("flag,value", [("--index-every", "-2"), ("--index-frac", "0")])
+def test_cli_bad_index_flags_write_nothing(tiny_dirs, tmp_path, capsys, flag, value):
+    model_dir, q, calib = tiny_dirs
+    out = tmp_path / "out"
+    assert main(_ft(q, model_dir, calib, out, "--tokens", "64", flag, value)) == 2
+    assert flag.lstrip("-").replace("-", "_") in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()
