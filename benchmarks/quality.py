@@ -56,8 +56,8 @@ D_SMALL, D_LARGE, D_XL = 32_768, 131_072, 262_144
 C_33 = "v4-k256-o1,v3-k512-o1,v2-k256-o1"
 # 8x the default 64 x 512 calibration tokens (Hessians and allocation sensitivities).
 CAL_128x2048 = {"calib_samples": 128, "calib_seqlen": 2048}
-# Distillation's discrete step (vq2trt.index_step): every 4 optimizer steps, up to 0.5 % of each layer's vectors.
-IDX = {"index_every": 4, "index_frac": 0.005}
+# Distillation's discrete step (vq2trt.index_step): every 2 optimizer steps, up to 0.5 % of each layer's vectors.
+IDX = {"index_every": 2, "index_frac": 0.005}
 ROWS = [
     Row("float", None, "-", lever="fp16 (dequantized Q4_1 GGUF)"),
     Row("gptq-2", "gptq-w2g128", "~2", lever="GPTQ"),

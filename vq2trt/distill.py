@@ -38,7 +38,7 @@ STATE_FILE = "distill_state.pt"
 # Models above this many parameters checkpoint activations per decoder layer unless told otherwise:
 # below it the activations of a 512-token window fit easily, and recomputing them costs ~30 %.
 AUTO_CHECKPOINT_PARAMS = 1_000_000_000
-INDEX_SEARCH_START = 32  # moves the index step's search tries first (then 64, 128, ...)
+INDEX_SEARCH_START = 64  # moves the index step's search tries first (then 128, 256, ...)
 
 
 class DistillError(ValueError):
@@ -66,7 +66,7 @@ class DistillConfig:
     index_frac: float = 0.005
     index_damp: float = 1.0
     index_curvature: float = 100.0   # scale of the empirical-Fisher curvature (vq2trt.index_step says why)
-    index_check_windows: int = 2
+    index_check_windows: int = 4
 
     def validate(self) -> None:
         def need(ok: bool, name: str, expected: str) -> None:
@@ -307,13 +307,13 @@ def _propose_all(hooks: CurvatureHooks, cfg: DistillConfig) -> dict:
 @torch.no_grad()
 def _index_step(student, teacher, ids, cfg: DistillConfig, step: int, proposals: dict, counts: dict,
                 device) -> None:
-    """Apply the model's best moves, ranked across all layers by predicted gain, in growing numbers
-    (32, 64, 128, ...) while the KL on fresh check windows keeps falling; keep the best count.
+    """Apply the model's best moves, a share of every layer's proposals, in growing numbers
+    (64, 128, 256, ...) while the KL on fresh check windows keeps falling; keep the best count.
 
     Why a search over the count: each layer's moves are predicted well on their own, but every layer
     corrects the same output error, so the moves of all layers together overshoot like a gradient
     step ~30x too long (on SmolLM2 at 2.3 bits, 0.01 % of all vectors moved at once raised the KL by
-    0.8 nats while the best ~250 lowered it by 8 %, on held-out windows as much as on the step's own).
+    0.8 nats while the best ~250 lowered it by 8-10 %, on held-out windows as much as on the step's own).
     """
     if not proposals:
         return
@@ -327,10 +327,12 @@ def _index_step(student, teacher, ids, cfg: DistillConfig, step: int, proposals:
         return float(kl_per_token(student(input_ids=x, use_cache=False).logits, t_logits))
 
     names = list(proposals)
-    gains = torch.cat([proposals[n][3] for n in names])
     owner = torch.cat([torch.full((len(proposals[n][3]),), i) for i, n in enumerate(names)])
     rank = torch.cat([torch.arange(len(proposals[n][3])) for n in names])
-    order = torch.sort(gains, stable=True).indices                    # best predicted gain first
+    # Each layer's best moves first, in equal shares of its proposals: ranking by predicted gain
+    # across layers crowds the moves into a few layers and did worse (RESULTS.md).
+    share = torch.cat([torch.arange(len(proposals[n][3])) / len(proposals[n][3]) for n in names])
+    order = torch.sort(share, stable=True).indices
     best_kl, best_n, applied, undo = kl(), 0, 0, []
     n = INDEX_SEARCH_START
     while applied < order.numel():
