@@ -237,8 +237,6 @@ def distill(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: Dist
             starts = _window_starts(cfg.seed, step, cfg.batch_size * cfg.grad_accum, ids.numel() - cfg.seqlen)
             opt.zero_grad(set_to_none=True)
             index_now = bool(cfg.index_every) and (step + 1) % cfg.index_every == 0
-            if hooks is not None:
-                hooks.active = True
             for m in step_weights:
                 m.begin_step()
             total = 0.0
@@ -333,7 +331,7 @@ def _index_step(student, teacher, ids, cfg: DistillConfig, step: int, proposals:
     # across layers crowds the moves into a few layers and did worse (RESULTS.md).
     share = torch.cat([torch.arange(len(proposals[n][3])) / len(proposals[n][3]) for n in names])
     order = torch.sort(share, stable=True).indices
-    best_kl, best_n, applied, undo = kl(), 0, 0, []
+    best_kl, best_n, keep, applied, undo = kl(), 0, 0, 0, []
     n = INDEX_SEARCH_START
     while applied < order.numel():
         chunk = order[applied:min(n, order.numel())]
@@ -350,7 +348,7 @@ def _index_step(student, teacher, ids, cfg: DistillConfig, step: int, proposals:
         else:
             break
         n *= 2
-    for moves in reversed(undo[keep if best_n else 0:]):
+    for moves in reversed(undo[keep:]):
         for m, pos, old in moves:
             apply(m, pos, old)
     if best_n:

@@ -7,18 +7,17 @@ follow-up) showed that revisiting codes against the end loss is what closes most
 remaining gap at 2 bits. This is its linearised step in its simplest form:
 
 For every vector of every VQLinear, the loss change of replacing its main codeword ``w`` by
-``c`` is modelled to second order, ``g·(c - w) + ½ Σ κ (c - w)²``, with ``g`` the step's
-gradient dL/dW (already computed by the continuous step) and ``κ`` a diagonal curvature
+``c`` is modelled to second order, ``g·(c - w) + ½ Σ κ (c - w)²``, with ``g`` dL/dW (which the
+continuous step computes anyway, summed since the last index step) and ``κ`` a diagonal curvature
 ``κ_ij = Σ_t g_y,ti² · Σ_t x_tj²`` (the rank-one factorisation of the empirical Fisher
 ``Σ_t (g_y,ti x_tj)²`` of a Linear, cheap to collect with hooks), scaled up because the
 empirical Fisher of a KL underestimates its curvature: its per-token gradients vanish as the
 student nears the teacher while the Hessian does not. On SmolLM2 at 2.3 bits, moving a layer's
 best 0.05-0.5 % of vectors on one batch, the model's predicted loss change matched the measured
 one within 2x at a scale of 100 and overshot by 3-10x (and picked moves that raised the loss)
-at 1. Each vector's best
-codeword is two small matmuls against the codebook. Only a layer's ``frac`` best-gaining
-vectors move per step (a trust region), and the caller keeps a step only if the loss on fresh
-windows went down.
+at 1. Each vector's best codeword is two small matmuls against the codebook. A layer proposes
+its ``frac`` best-gaining vectors; how many of all layers' proposals are applied is searched by
+the caller (distill._index_step) on the loss of fresh windows.
 
 Only main indices move: residual and outlier codes are a small share of the bits, and a main
 code change leaves the residual's contribution as it is, so the model above stays exact in it.
@@ -36,7 +35,7 @@ PREFILTER = 8  # vectors scored per vector that may move
 
 class CurvatureHooks:
     """Σ_t x_tj² per input feature and Σ_t g_y,ti² per output feature of every VQLinear, collected
-    while ``active`` and grad mode is on (the teacher's and the check's no-grad forwards do not count),
+    in grad mode only (the teacher's and the check's no-grad forwards do not count),
     and dL/dW summed over the steps since the last reset: one step's 2,048 tokens give too noisy a
     gradient to choose codes by."""
 
@@ -45,12 +44,11 @@ class CurvatureHooks:
         self.sx: dict[str, torch.Tensor] = {}
         self.sg: dict[str, torch.Tensor] = {}
         self.grad: dict[str, torch.Tensor] = {}
-        self.active = False
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in self.layers.items()]
 
     def _hook(self, name: str):
         def fwd(m: VQLinear, inputs, out):
-            if not (self.active and torch.is_grad_enabled() and out.requires_grad):
+            if not (torch.is_grad_enabled() and out.requires_grad):
                 return
             x = inputs[0].detach().float().reshape(-1, m.in_features)
             sx = (x * x).sum(0)
@@ -104,16 +102,18 @@ def propose(m: VQLinear, G: torch.Tensor, sx: torch.Tensor, sg: torch.Tensor, fr
     pad = R * v - N                                                   # rows past N are cut off: no gain, no cost
     gq = nn.functional.pad(gq[:, n_out:], (0, 0, 0, pad))             # [R*v, C]
     kq = nn.functional.pad(kq[:, n_out:], (0, 0, 0, pad))
-    gvec = gq.reshape(R, v, C).permute(0, 2, 1)                       # [R, C, v]
-    kvec = kq.reshape(R, v, C).permute(0, 2, 1)
+    gvec = gq.reshape(R, v, C).permute(0, 2, 1).reshape(R * C, v)     # [R*C, v], a vector per row
+    kvec = kq.reshape(R, v, C).permute(0, 2, 1).reshape(R * C, v)
     count = int(frac * R * C)
     if count == 0:
         return None
     # No codeword can gain more than the unconstrained optimum Σ g²/2κ of its vector: score only the
     # vectors with the largest such bound (the full [vectors, k] score is most of the step's cost).
-    bound = (gvec * gvec / kvec.clamp_min(1e-30)).sum(-1).reshape(-1)   # [R*C], 2x the bound
-    cand = torch.topk(bound, min(bound.numel(), PREFILTER * count)).indices if PREFILTER * count < bound.numel() \
-        else torch.arange(bound.numel(), device=G.device)
+    bound = (gvec * gvec / kvec.clamp_min(1e-30)).sum(-1)              # [R*C], 2x the bound
+    if PREFILTER * count < bound.numel():
+        cand = torch.topk(bound, PREFILTER * count).indices
+    else:
+        cand = torch.arange(bound.numel(), device=G.device)
     col = cand % C
     group = torch.div(col, gs, rounding_mode="floor")
     flat_idx = idx.reshape(-1)
@@ -129,7 +129,7 @@ def propose(m: VQLinear, G: torch.Tensor, sx: torch.Tensor, sg: torch.Tensor, fr
             where = sel[a:a + chunk]
             vec = cand[where]
             cur = flat_idx[vec]
-            gv, kv = gvec.reshape(-1, v)[vec], kvec.reshape(-1, v)[vec]
+            gv, kv = gvec[vec], kvec[vec]
             w = cb[cur]                                               # [n, v]
             # g·(c - w) + ½ κ·(c - w)², dropping the terms without c: (g - κ w)·c + ½ κ·c²
             score = (gv - kv * w) @ cb.T + (0.5 * kv) @ cb2.T         # [n, k]

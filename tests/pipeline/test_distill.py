@@ -14,10 +14,8 @@ from vq2trt.io import checkpoint_tensors, load_quantized, save_quantized
 from vq2trt.nn import VQLinear
 from vq2trt.quantize import quantize
 
-from .tiny import TEXT, calib_ids, save_tiny, tiny_model, tiny_tokenizer
+from .tiny import COARSE, calib_ids, tiny_model
 
-# 16-entry codebooks at v4 (1 bit per weight): coarse enough that there is a large error for distillation to remove.
-COARSE = dict(vector_len=4, num_centroids=16, kmeans_iters=4, block_size=32)
 CFG = dict(tokens=48 * 4 * 32, seqlen=32, batch_size=2, grad_accum=2, lr=3e-3, save_every=2)
 SHORT = {**CFG, "tokens": 8 * 4 * 32}   # for tests of bytes and state, not of quality
 
@@ -148,18 +146,6 @@ def test_float_model_is_refused():
 
 
 # --- CLI -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distill")
-    model_dir = save_tiny(root / "model")
-    model, tok = tiny_model(), tiny_tokenizer()
-    quantize(model, QuantConfig(**COARSE), calib_ids(8, 32), device="cpu", progress=False)
-    save_quantized(model, QuantConfig(**COARSE), root / "q", tokenizer=tok)
-    calib = root / "calib.txt"
-    calib.write_text(TEXT)
-    return model_dir, root / "q", calib
-
-
 def _ft(q, teacher, calib, out, *extra):
     return ["finetune", str(q), "--teacher", str(teacher), "--calib", str(calib), "--out", str(out),
             "--distill-seqlen", "32", "--quiet", "--device", "cpu", *extra]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import vq2trt.distill as dmod
+from vq2trt.cli import main
 from vq2trt.config import QuantConfig
 from vq2trt.distill import DistillConfig, DistillError, distill, mean_kl
 from vq2trt.format import VQWeight
@@ -13,10 +14,8 @@ from vq2trt.io import load_quantized, save_quantized
 from vq2trt.nn import VQLinear
 from vq2trt.reference import dequantize
 
-from vq2trt.cli import main
-
-from .test_distill import COARSE, SHORT, _bytes, _ft, _quantized, _train_ids, tiny_dirs  # noqa: F401 (fixture)
-from .tiny import calib_ids
+from .test_distill import SHORT, _bytes, _ft, _quantized, _train_ids
+from .tiny import COARSE, calib_ids
 
 INDEX = dict(index_every=1, index_frac=0.002)
 

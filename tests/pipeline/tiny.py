@@ -43,3 +43,7 @@ def save_tiny(path, seed: int = 0):
 def calib_ids(n: int = 8, seqlen: int = 32, vocab: int = 128, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (n, seqlen), generator=g)
+
+
+# 16-entry codebooks at v4 (1 bit per weight): coarse enough that there is a large error for distillation to remove.
+COARSE = dict(vector_len=4, num_centroids=16, kmeans_iters=4, block_size=32)
