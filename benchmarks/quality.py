@@ -43,11 +43,15 @@ class Row:
     lever: str = ""
     candidates: str | None = None                       # None: --candidates
     distill_opts: dict = field(default_factory=dict)    # DistillConfig fields (the index step)
+    sensitivity: str = "proxy"                          # allocation's error measure (vq2trt.allocate)
 
     def quant_key(self, a) -> dict:
-        return {"preset": self.preset, "overrides": self.overrides, "target_bits": self.target_bits,
-                "candidates": (self.candidates or a.candidates) if self.target_bits else None,
-                "samples": a.samples, "seqlen": a.seqlen, "kmeans_iters": a.kmeans_iters}
+        key = {"preset": self.preset, "overrides": self.overrides, "target_bits": self.target_bits,
+               "candidates": (self.candidates or a.candidates) if self.target_bits else None,
+               "samples": a.samples, "seqlen": a.seqlen, "kmeans_iters": a.kmeans_iters}
+        if self.sensitivity != "proxy":  # absent for the default: rows cached before it keep their keys
+            key["sensitivity"] = self.sensitivity
+        return key
 
 
 # Token budgets scale with --distill-scale (1 on a 2-core CPU).
@@ -93,6 +97,10 @@ ROWS = [
     Row("vptq-3.3", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, lever="+ bit allocation"),
     Row("vptq-3.3+d-l", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, distill_tokens=D_LARGE,
         lever="+ distillation (large)"),
+    Row("vptq-3.3L", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, sensitivity="loss",
+        lever="+ bit allocation by loss sensitivity"),
+    Row("vptq-3.3L+d-l", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, sensitivity="loss",
+        distill_tokens=D_LARGE, lever="+ distillation (large)"),
 ]
 
 
@@ -150,8 +158,7 @@ class Bench:
         if row.target_bits:
             from vq2trt.allocate import allocate
             config = allocate(model, calib, (row.candidates or self.a.candidates).split(","), row.target_bits,
-                              base=config,
-                              device=self.a.device)
+                              base=config, device=self.a.device, sensitivity=row.sensitivity)
         res = quantize(model, config, calib, device=self.a.device, progress=True)
         secs = time.perf_counter() - t0
         save = save_quantized if config.method == "vptq" else save_simulated

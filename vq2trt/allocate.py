@@ -3,8 +3,13 @@
 Sensitivity: every candidate format quantizes every Linear once against H collected on the
 FLOAT model's inputs (one pass, no error propagation, the seed quantize() will use), and the
 absolute proxy tr(ΔW H ΔWᵀ) estimates the squared error that choice adds at the Linear's
-output. With the output-aware Hessian (config hessian="output-aware", vq2trt.guided), a custom
-``hessian_fn`` or per-Linear ``weights`` it estimates the loss increase instead. Bits are each
+output. That compares errors where each Linear writes them, not where the loss sees them: an
+early layer's error passes through every later layer, so at ~3.3 bits the proxy starved the
+first layers (RESULTS.md). sensitivity="loss" keeps the quantization against the input H and
+measures the error with the output-aware H_g (vq2trt.guided): tr(ΔW H_g ΔWᵀ) estimates the
+increase of the next-token loss that the choice adds, comparable across layers. The output-aware
+Hessian as the quantization Hessian (config hessian="output-aware"), a custom ``hessian_fn`` or
+per-Linear ``weights`` change the estimate too. Bits are each
 format's exact stored bits for the Linear's shape (format.planned_stored_bits), so the budget
 holds for the checkpoint quantize() then writes.
 
@@ -43,6 +48,8 @@ from vq2trt.reference import dequantize_torch
 
 # Small models (hidden <= 2048): 2, ~2.06, ~2.5 and ~3 bits, each with a small codebook.
 DEFAULT_CANDIDATES = ("v4-k256", "v4-k256-o1", "v4-k256-r4", "v3-k512-o1")
+# How a candidate's error is measured: "proxy" at the Linear's output, "loss" by the end loss.
+SENSITIVITIES = ("proxy", "loss")
 
 HessianFn = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -203,10 +210,10 @@ def _weight_of(weights, name: str) -> float:
 
 
 def _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, device, batch_size, progress,
-                   expected_bits) -> dict[str, dict[str, float]]:
+                   expected_bits, sensitivity) -> dict[str, dict[str, float]]:
     errors: dict[str, dict[str, float]] = {}
     token_weights = None
-    if base.hessian == "output-aware":
+    if base.hessian == "output-aware" or sensitivity == "loss":
         token_weights = output_gradient_weights(model, calib, list(expected_bits), batch_size=batch_size,
                                                 device=device, progress=progress)
     emb_device = next(model.parameters()).device
@@ -218,28 +225,35 @@ def _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, devic
         home = next(layer.parameters()).device
         layer.to(device)
         linears = quantizable_linears(layer, f"model.layers.{i}", base.skip_modules)
+        guided = None
         if token_weights is None:
             hessians, outputs = _collect_hessians(layer, linears, batches, device)
-        else:
+        elif base.hessian == "output-aware":
             hessians, outputs = _collect_hessians(layer, linears, batches, device, token_weights)
+            guided = hessians
+        else:  # quantize against the input H, measure with H_g
+            hessians, outputs = _collect_hessians(layer, linears, batches, device)
+            guided, _ = _collect_hessians(layer, linears, batches, device, token_weights)
         batches = [(h, kw) for h, (_, kw) in zip(outputs, batches)]  # the float layer's outputs feed the next
         for j, (name, lin) in enumerate(linears.items()):
             W = lin.weight.detach().float()                          # [N, K]
             H = hessians[name].finalize()                            # [K, K]
+            H_err = H if guided is None or guided is hessians else guided[name].finalize()
             # finalize() divides by Σ s_t; the mean s_t puts it back, so that across Linears
-            # tr(ΔW H ΔWᵀ) estimates Σ_t s_t ||ΔW x_t||² / T, the loss increase per token.
-            scale = 1.0 if token_weights is None else hessians[name].weight_sum / hessians[name].count
+            # tr(ΔW H_g ΔWᵀ) estimates Σ_t s_t ||ΔW x_t||² / T, the loss increase per token.
+            scale = 1.0 if guided is None else guided[name].weight_sum / guided[name].count
             if hessian_fn is not None:
                 H = hessian_fn(name, H)
                 if tuple(H.shape) != (W.shape[1],) * 2:
                     raise AllocateError(f"hessian_fn({name!r}) returned shape {tuple(H.shape)}; "
                                         f"expected [{W.shape[1]}, {W.shape[1]}]")
+                H_err = H if guided is None or guided is hessians else H_err
             scale *= _weight_of(weights, name)
             errors[name] = {}
             for label, cfg in cands.items():
                 w, _ = vptq_quantize(W, H, cfg, seed=_layer_seed(base, i, j))
                 assert w.stored_bits() == expected_bits[name][label], (name, label)  # planned == stored
-                errors[name][label] = scale * absolute_proxy_error(W, dequantize_torch(w, device=W.device), H)
+                errors[name][label] = scale * absolute_proxy_error(W, dequantize_torch(w, device=W.device), H_err)
             bar.update()
         del hessians
         layer.to(home)
@@ -264,14 +278,18 @@ def allocate_plan(model: nn.Module, calib: torch.Tensor, candidates: Sequence[st
                   target_bits: float, *, base: QuantConfig | None = None, hessian_fn: HessianFn | None = None,
                   weights: Mapping[str, float] | Callable[[str], float] | None = None,
                   device: str | torch.device | None = None, batch_size: int = 8,
-                  progress: bool = True) -> Allocation:
+                  progress: bool = True, sensitivity: str = "proxy") -> Allocation:
     """allocate(), returning the whole Allocation (choices, bits, errors) rather than only the config.
 
     base: every non-format field (seed, k-means, calibration, fine-tuning, skip_modules); a
     candidate contributes only its format fields. hessian_fn(name, H) -> H' replaces the float
     input Hessian [K, K] of Linear ``name`` for its quantization and its error (e.g. an
     output-aware one); weights (dict or callable of the name, default 1) scales its error.
+    sensitivity: "proxy" (the error at the Linear's output) or "loss" (by the end loss; the
+    module docstring says why), at the cost of one backward pass over ``calib``.
     """
+    if sensitivity not in SENSITIVITIES:
+        raise AllocateError(f"sensitivity={sensitivity!r}; expected one of {list(SENSITIVITIES)}")
     base = QuantConfig() if base is None else base
     if base.method != "vptq" or base.modules:
         raise AllocateError(f"base config: expected method 'vptq' without per-module overrides, got method "
@@ -308,7 +326,8 @@ def allocate_plan(model: nn.Module, calib: torch.Tensor, candidates: Sequence[st
 
     model.eval()
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    errors = _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, dev, batch_size, progress, bits)
+    errors = _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, dev, batch_size, progress, bits,
+                            sensitivity)
     pick = solve(table, [[errors[name][label] for label in labels] for name in linears], target_bits, n)
     choices = {name: labels[p] for name, p in zip(linears, pick)}
     try:

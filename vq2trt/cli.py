@@ -68,7 +68,7 @@ def cmd_quantize(a: argparse.Namespace) -> int:
     work = _work_dir(out)
     if a.no_resume and work.exists():
         shutil.rmtree(work)
-    if a.target_bits is not None or a.candidates:
+    if a.target_bits is not None or a.candidates or a.sensitivity != "proxy":
         from vq2trt.cli_allocate import allocated_config
         config = allocated_config(model, calib, config, work, a)
     config = with_head(config, a.head)

@@ -13,13 +13,17 @@ ALLOCATION_FILE = "allocation.json"
 
 
 def add_allocate_arguments(q: argparse.ArgumentParser) -> None:
-    from vq2trt.allocate import DEFAULT_CANDIDATES
+    from vq2trt.allocate import DEFAULT_CANDIDATES, SENSITIVITIES
 
     q.add_argument("--target-bits", type=float,
                    help="choose each Linear's format from --candidates so that the all-in bits per weight over the "
                         "quantized Linears stay <= this (--config then sets only the non-format fields)")
     q.add_argument("--candidates",
                    help=f"comma-separated presets for --target-bits (default {','.join(DEFAULT_CANDIDATES)})")
+    q.add_argument("--sensitivity", choices=SENSITIVITIES, default="proxy",
+                   help="how --target-bits ranks a Linear's formats: 'proxy', the error at the Linear's output "
+                        "(default), or 'loss', the error weighted by the end loss's output gradients (one backward "
+                        "pass more; compares early and late layers fairly)")
 
 
 def allocated_config(model, calib, config: QuantConfig, work: Path, a: argparse.Namespace) -> QuantConfig:
@@ -28,16 +32,18 @@ def allocated_config(model, calib, config: QuantConfig, work: Path, a: argparse.
     from vq2trt.quantize import _fingerprint
 
     if a.target_bits is None:
-        raise ConfigError("--candidates needs --target-bits")
+        raise ConfigError("--candidates and --sensitivity need --target-bits")
     names = [c.strip() for c in a.candidates.split(",") if c.strip()] if a.candidates else list(DEFAULT_CANDIDATES)
     cands = resolve_candidates(names, config)      # bad names fail before the model is touched again
     key = {"target_bits": a.target_bits, "candidates": {k: c.format_fields() for k, c in cands.items()},
            "run": _fingerprint(model, config, calib)}
+    if a.sensitivity != "proxy":  # absent for the default, so allocations cached before the flag still match
+        key["sensitivity"] = a.sensitivity
     cache = work / ALLOCATION_FILE
     plan = _cached(cache, key)
     if plan is None:
         plan = allocate_plan(model, calib, names, a.target_bits, base=config, device=a.device,
-                             progress=not a.quiet)
+                             progress=not a.quiet, sensitivity=a.sensitivity)
         work.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
         tmp.write_text(json.dumps({"key": key, "plan": plan.to_dict()}))  # plan order = layer order

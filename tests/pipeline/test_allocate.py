@@ -186,3 +186,83 @@ def test_output_aware_hessian_reweights_the_errors():
     assert guided.bits_per_weight <= target and guided.config.hessian == "output-aware"
     # the errors are now loss estimates, on another scale than the output errors
     assert guided.errors[DOWN]["v4-k16"] != pytest.approx(plain.errors[DOWN]["v4-k16"], rel=1e-3)
+
+
+def test_loss_sensitivity_quantizes_as_before_and_measures_by_the_end_loss(monkeypatch):
+    """sensitivity="loss": each candidate's ΔW is the one the proxy measures (quantized against the
+    input H), and its error is Σ_t s_t ||ΔW x_t||² / T with s_t = ||∂CE/∂y_t||², computed here
+    directly with autograd on the float model."""
+    seen: dict[tuple, torch.Tensor] = {}
+    inner = al.absolute_proxy_error
+    calls = []
+
+    def spy(W, W_hat, H):
+        calls.append(W_hat.detach().clone())
+        return inner(W, W_hat, H)
+
+    monkeypatch.setattr(al, "absolute_proxy_error", spy)
+    model = tiny_model()
+    target = (_all_at(model, CANDIDATES[0]) + _all_at(model, CANDIDATES[1])) / 2
+    plain = _plan(target)
+    proxy_w = list(calls)
+    calls.clear()
+    loss = _plan(target, sensitivity="loss")
+    assert loss.bits_per_weight <= target
+    names = list(plain.errors)
+    labels = list(plain.errors[names[0]])
+    assert len(calls) == len(proxy_w) == len(names) * len(labels)
+    for a, b in zip(proxy_w, calls):
+        assert torch.equal(a, b)                       # same quantization, only the measure differs
+    for (name, label), w in zip([(n, lab) for n in names for lab in labels], calls):
+        seen[(name, label)] = w
+
+    # the reference: inputs and output gradients of DOWN in the float model, by hooks and autograd
+    ids = calib_ids()
+    xs, ys = [], []
+    mod = dict(model.named_modules())[DOWN]
+    def keep(_m, args, y):
+        xs.append(args[0].detach())
+        ys.append(y)
+
+    h1 = mod.register_forward_hook(keep)
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=emb, use_cache=False).logits
+    ys[0].retain_grad()
+    V = logits.shape[-1]
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1),
+                                      reduction="sum").backward()
+    h1.remove()
+    x = xs[0].reshape(-1, xs[0].shape[-1]).double()                      # [T, K]
+    s = ys[0].grad.square().sum(-1).reshape(-1).double()                  # [T]
+    W = mod.weight.detach().double()
+    for label in labels:
+        dW = seen[(DOWN, label)].double() - W
+        ref = float((s * ((x @ dW.T) ** 2).sum(-1)).sum() / x.shape[0])
+        assert loss.errors[DOWN][label] == pytest.approx(ref, rel=1e-3)
+        assert plain.errors[DOWN][label] == pytest.approx(float(((x @ dW.T) ** 2).sum() / x.shape[0]), rel=1e-3)
+
+
+def test_bad_sensitivity_is_named():
+    with pytest.raises(AllocateError, match="sensitivity='exact'.*'proxy', 'loss'"):
+        _plan(3.0, sensitivity="exact")
+
+
+def test_cli_sensitivity_needs_a_target_and_keys_the_saved_allocation(model_dir, calib, tmp_path, capsys,
+                                                                     monkeypatch):
+    out = tmp_path / "q"
+    assert main(_args(model_dir, calib, out, "--sensitivity", "loss")) == 2
+    assert "--sensitivity need --target-bits" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / ".q.partial").exists()
+
+    model = tiny_model()
+    target = sum(_all_at(model, QuantConfig(**PRESETS[c])) for c in ("v4-k256", "v4-k256-r4")) / 2
+    argv = _args(model_dir, calib, out, "--target-bits", str(target), "--candidates", "v4-k256,v4-k256-r4")
+    seen = []
+    real = al.allocate_plan
+    monkeypatch.setattr(al, "allocate_plan", lambda *a, **k: seen.append(k["sensitivity"]) or real(*a, **k))
+    import vq2trt.quantize as vq
+    monkeypatch.setattr(vq, "quantize", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(argv) == 130                               # the proxy allocation is saved
+    assert main([*argv, "--sensitivity", "loss"]) == 130   # another measure: not reused
+    assert main([*argv, "--sensitivity", "loss"]) == 130   # the same: reused
+    assert seen == ["proxy", "loss"]
