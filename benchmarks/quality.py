@@ -71,9 +71,15 @@ ROWS = [
     Row("vptq-2+cal", "v4-k256", "~2", CAL_128x2048,
         lever="+ calibration 128 x 2048 tokens"),
     Row("vptq-2+d-s", "v4-k256", "~2", distill_tokens=D_SMALL, lever="+ distillation (small)"),
+    Row("vptq-2-k16", "v2-k16", "~2", lever="VPTQ, the AVX2-friendly format"),
+    Row("vptq-2-k16+d-s", "v2-k16", "~2", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("gptq-2.3", "gptq-w2g64", "~2.3", lever="GPTQ"),
     Row("vptq-2.3", "v4-k256", "~2.3", target_bits=2.3, lever="+ bit allocation"),
     Row("vptq-2.3+d-s", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, lever="+ distillation (small)"),
+    Row("vptq-2.3L", "v4-k256", "~2.3", target_bits=2.3, sensitivity="loss",
+        lever="+ bit allocation by loss sensitivity"),
+    Row("vptq-2.3L+d-s", "v4-k256", "~2.3", target_bits=2.3, sensitivity="loss", distill_tokens=D_SMALL,
+        lever="+ distillation (small)"),
     Row("vptq-2.3+d-l", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_LARGE, lever="+ distillation (large)"),
     Row("vptq-2.3+d-s+idx", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, distill_opts=IDX,
         lever="+ index step in distillation (small)"),
@@ -101,6 +107,8 @@ ROWS = [
         lever="+ bit allocation by loss sensitivity"),
     Row("vptq-3.3L+d-l", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, sensitivity="loss",
         distill_tokens=D_LARGE, lever="+ distillation (large)"),
+    Row("vptq-3.3L+d-l+idx", "v3-k512-o1", "~3.3", target_bits=3.3, candidates=C_33, sensitivity="loss",
+        distill_tokens=D_LARGE, distill_opts=IDX, lever="+ index step in distillation (large)"),
 ]
 
 
