@@ -236,9 +236,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # --target-bits 3.3, where down_proj and the first layers are worth a whole extra bit.
     "v2-k256-o1": dict(vector_len=2, num_centroids=256, outlier_frac=0.01, outlier_vector_len=2,
                        outlier_num_centroids=256),
-    # ~2 bits for CPUs without AVX-512 VBMI: 4-bit indices per 2 weights, so the AVX2 int8 route
-    # looks up 32 weights with one vpshufb (v4-k256 stays on AVX2's float path; RESULTS.md
-    # has the speed and the quality each costs).
+    # ~2 bits, the fastest format on AVX2: 4-bit indices per 2 weights, so the int8 route looks
+    # up 32 weights with one vpshufb. On SmolLM2 its quality is far worse than v4-k256's
+    # (RESULTS.md), so it is a speed reference, not a default.
     "v2-k16": dict(vector_len=2, num_centroids=16),
     # Paper's 2-bit settings for 7B+ models (1 MiB codebook per layer pays off only there).
     "v8-k65536": dict(vector_len=8, num_centroids=65536, outlier_frac=0.01, outlier_vector_len=4,
