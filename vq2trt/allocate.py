@@ -238,7 +238,6 @@ def _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, devic
         for j, (name, lin) in enumerate(linears.items()):
             W = lin.weight.detach().float()                          # [N, K]
             H = hessians[name].finalize()                            # [K, K]
-            H_err = H if guided is None or guided is hessians else guided[name].finalize()
             # finalize() divides by Σ s_t; the mean s_t puts it back, so that across Linears
             # tr(ΔW H_g ΔWᵀ) estimates Σ_t s_t ||ΔW x_t||² / T, the loss increase per token.
             scale = 1.0 if guided is None else guided[name].weight_sum / guided[name].count
@@ -247,7 +246,8 @@ def _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, devic
                 if tuple(H.shape) != (W.shape[1],) * 2:
                     raise AllocateError(f"hessian_fn({name!r}) returned shape {tuple(H.shape)}; "
                                         f"expected [{W.shape[1]}, {W.shape[1]}]")
-                H_err = H if guided is None or guided is hessians else H_err
+            # the error's own H_g only when the quantization used the input H (sensitivity="loss")
+            H_err = guided[name].finalize() if guided is not None and guided is not hessians else H
             scale *= _weight_of(weights, name)
             errors[name] = {}
             for label, cfg in cands.items():
