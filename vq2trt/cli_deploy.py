@@ -49,7 +49,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     info = read_info(a.onnx_dir)
     rows = compare(a.onnx_dir, checkpoint=a.checkpoint, float_onnx=a.float_onnx, threads=a.threads,
-                   decode_steps=a.decode_steps, trt=a.trt or False, trt_precision=a.trt_precision)
+                   decode_steps=a.decode_steps, trt=a.trt or False, trt_precision=a.trt_precision,
+                   verbose=a.verbose)
     level = int(info.get("accuracy_level", 0))
     if level in TOLERANCES:
         rule = f"every element within atol {TOLERANCES[level]['atol']} or rtol {TOLERANCES[level]['rtol']}"
@@ -204,6 +205,8 @@ def add_parsers(sub) -> None:
                         "or no value to build one for the comparison")
     c.add_argument("--trt-precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="precision of the engine built for --trt (fp32: judged elementwise; else by KL)")
+    c.add_argument("--verbose", action="store_true",
+                   help="print polygraphy's own log (runner activity, per-output statistics) before the table")
     c.set_defaults(func=cmd_compare)
 
     _build_engine_parser(sub)

@@ -69,12 +69,23 @@ def _atomic_dir(out_dir: Path, overwrite: bool):
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the output from other users
     try:
         yield tmp
+        _readable(tmp, umask)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _readable(root: Path, umask: int) -> None:
+    """Give every file the mode a plain open() would have: writers that go through mkstemp
+    (safetensors >= 0.7 among them) leave 0600, which hides a checkpoint from a container or
+    service running as another user."""
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            exe = p.stat().st_mode & 0o100
+            os.chmod(p, (0o777 if exe else 0o666) & ~umask)
 
 
 def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.PathLike, *, tokenizer=None,

@@ -40,6 +40,28 @@ def test_export_run_eval_compare(pipeline, capsys):
     assert main(["compare", str(root / "onnx"), "--float-onnx", str(root / "onnx-float")]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out and "pytorch-reference" in out and "onnxruntime-float" in out
+    # quiet by default: the table and its header, not polygraphy's per-output log ("[I] ..." lines)
+    assert not [ln for ln in out.splitlines() if ln.startswith("[I]")] and len(out.splitlines()) < 15
+    assert main(["compare", str(root / "onnx"), "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert len([ln for ln in out.splitlines() if ln.startswith("[I]")]) > 20 and "PASS" in out
+
+
+def test_outputs_are_readable_by_other_users(pipeline):
+    """A container or service running as another user must be able to read every checkpoint and
+    export file (mkstemp/mkdtemp create 0600/0700)."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)                 # what the user asked for is the bound, not 0644 itself
+    for folder in ("q", "onnx"):
+        paths = [pipeline / folder, *(pipeline / folder).rglob("*")]
+        assert len(paths) > 3
+        for p in paths:
+            mode = p.stat().st_mode
+            want = (stat.S_IRGRP | stat.S_IROTH | ((stat.S_IXGRP | stat.S_IXOTH) if p.is_dir() else 0)) & ~umask
+            assert mode & want == want, f"{p} has mode {oct(mode & 0o777)}"
 
 
 def test_run_on_a_folder_without_a_model(tmp_path, capsys):
@@ -67,3 +89,16 @@ def test_python_sample_app_generates_like_vq2trt_run(pipeline, capsys):
     assert main(["run", str(pipeline / "onnx"), "--prompt", "the quick", "--max-new-tokens", "24"]) == 0
     ours = capsys.readouterr().out.splitlines()[0]
     assert r.stdout.strip() == ours.strip()
+
+
+def test_export_prints_no_torchvision_notices(pipeline, tmp_path):
+    """torch.onnx logs one warning per torchvision detection op when torchvision is absent; a
+    decoder export has no such op, so none of that reaches the user (it did: four lines)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vq2trt.cli", "export", str(pipeline / "model"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "torchvision" not in r.stderr + r.stdout
+    assert "wrote" in r.stdout

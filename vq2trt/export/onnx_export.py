@@ -10,7 +10,9 @@ runs in it); it is recorded in vq2trt_onnx.json as "dtype".
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -87,6 +89,25 @@ def _dynamic_shapes(dec: ExportDecoder):
             tuple([kv] * (2 * dec.num_layers)))
 
 
+class _TorchvisionNotice(logging.Filter):
+    """torch.onnx registers torchvision's detection ops and logs one warning per op when
+    torchvision is absent; a decoder has none of them, so the warning only alarms users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _without_torchvision_notice():
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _TorchvisionNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
+
+
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
                 overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
                 dtype: str = "float32", embedding: str = "float32", ops: str = "auto") -> Path:
@@ -109,7 +130,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     table = _translation()
     if ops == "fused":
         table.update(fused.translations())
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _without_torchvision_notice():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             dec, args, dynamo=True, opset_version=fused.OPSET if ops == "fused" else OPSET,

@@ -9,6 +9,7 @@ prefill and decode profiles of vq2trt.runtime.trt) joins the comparison; tensorr
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -196,12 +197,22 @@ def trt_runner(onnx_dir: str | Path, info: dict, engine: str | Path | None, *, m
 
 def compare(onnx_dir: str | Path, *, checkpoint: str | Path | None = None, float_onnx: str | Path | None = None,
             prompt_ids: list[int] | None = None, decode_steps: int = 2, threads: int | None = None,
-            trt: bool | str | Path = False, trt_precision: str = "fp32") -> list[PairResult]:
+            trt: bool | str | Path = False, trt_precision: str = "fp32", verbose: bool = False) -> list[PairResult]:
     """``trt``: False (no TensorRT), True or "build" (build an engine for these feeds), or an
-    engine file built by `vq2trt build-engine` (prefill profile 0, decode profile 1)."""
+    engine file built by `vq2trt build-engine` (prefill profile 0, decode profile 1).
+    ``verbose``: polygraphy's own log (per-output statistics, ~1,700 lines for SmolLM2); by default
+    only its warnings and errors, since the caller prints the table that matters."""
     info = read_info(onnx_dir)
     if trt:
         _require_tensorrt()                       # before any slow work
+    from polygraphy.logger import G_LOGGER
+
+    with contextlib.nullcontext() if verbose else G_LOGGER.verbosity(G_LOGGER.WARNING):
+        return _compare(onnx_dir, info, checkpoint, float_onnx, prompt_ids, decode_steps, threads, trt, trt_precision)
+
+
+def _compare(onnx_dir, info, checkpoint, float_onnx, prompt_ids, decode_steps, threads, trt,
+             trt_precision) -> list[PairResult]:
     from polygraphy.backend.onnxrt import OnnxrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
 

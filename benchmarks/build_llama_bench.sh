@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-bench and llama-quantize for the peer rows of benchmarks/cpu_model.py,
+# from the sources vendored in the llama-cpp-python sdist (PyPI is reachable where GitHub is
+# not), and requantizes the cached SmolLM2 Q4_1 GGUF into the files llama.cpp users pick.
+# Nothing it fetches or builds enters the repository: everything goes under DEST.
+#
+#   benchmarks/build_llama_bench.sh [DEST (default /work/llama)] [GGUF (default the Makefile's cache)]
+#
+# ~8 minutes on 2 cores. -DGGML_NATIVE=ON: llama.cpp tuned for this CPU, as its users build it,
+# so the table must be read with the ISA of the machine it ran on.
+set -euo pipefail
+VERSION=0.3.36
+DEST=${1:-/work/llama}
+GGUF=${2:-$HOME/.cache/vq2trt/SmolLM2-135M-Instruct.Q4_1.gguf}
+PIP=${PIP:-$(dirname "$0")/../.venv/bin/pip}
+[ -f "$GGUF" ] || { echo "build_llama_bench: no GGUF at $GGUF (run: make model)" >&2; exit 2; }
+mkdir -p "$DEST"
+if [ ! -d "$DEST/src" ]; then
+  "$PIP" download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$DEST/sdist"
+  mkdir -p "$DEST/src"
+  tar -xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST/src" --strip-components=1
+fi
+cmake -S "$DEST/src/vendor/llama.cpp" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+cmake --build "$DEST/build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
+for q in Q4_0 Q8_0 Q2_K; do
+  out="$DEST/smollm2-$(echo "$q" | tr 'A-Z' 'a-z').gguf"
+  [ -f "$out" ] || "$DEST/build/bin/llama-quantize" --allow-requantize "$GGUF" "$out" "$q" >/dev/null 2>&1
+done
+echo "llama-bench: $DEST/build/bin/llama-bench"
+ls -l "$DEST"/smollm2-*.gguf
