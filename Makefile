@@ -23,12 +23,14 @@ CUDA_ARCH ?= ci
 
 .PHONY: demo test install model lint clean plugins test-arm
 
-# torch first and pinned: an unpinned torch would pull the multi-GB CUDA build.
+# torch first and pinned: an unpinned torch would pull the multi-GB CUDA build. vptq (VPTQ's own layer
+# code, for tests/pipeline/test_vptq_interop.py) goes in with --no-deps so it cannot pull a torch either.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps --only-binary :all: vptq==0.0.5.post1 || echo "no vptq wheel here: its interop tests skip"
 	touch $@
 
 install: $(BIN)/.installed

@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     from vq2trt import cli_tune
     cli_tune.add_parsers(sub)
+    from vq2trt import cli_interop
+    cli_interop.add_parsers(sub)
     return p
 
 
