@@ -47,6 +47,14 @@ void read_attributes(Get get, VQGemmDims* d, int* accuracy_level) {
 
 }  // namespace
 
+void check_x(const VQGemmDims& d, const InputInfo& x) {
+  if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 &&
+      x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)
+    fail("X must be float32, float16 or bfloat16 (ONNX element type " + std::to_string(int(x.type)) + ")");
+  if (x.known && (x.shape.empty() || (x.shape.back() >= 0 && x.shape.back() != d.K)))
+    fail("X has shape " + shape_str(x.shape) + "; its last dimension must be in_features = " + std::to_string(d.K));
+}
+
 void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in) {
   const std::vector<TensorSpec> specs = weight_input_specs(d);
   if (in.size() != specs.size() + 1) {
@@ -55,12 +63,7 @@ void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in) {
     fail("the attributes call for " + std::to_string(specs.size() + 1) + " inputs (X, " + names +
          "), the node has " + std::to_string(in.size()));
   }
-  const InputInfo& x = in[0];
-  if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 &&
-      x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)
-    fail("X must be float32, float16 or bfloat16 (ONNX element type " + std::to_string(int(x.type)) + ")");
-  if (x.known && (x.shape.empty() || (x.shape.back() >= 0 && x.shape.back() != d.K)))
-    fail("X has shape " + shape_str(x.shape) + "; its last dimension must be in_features = " + std::to_string(d.K));
+  check_x(d, in[0]);
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& s = specs[i];
     const InputInfo& t = in[i + 1];

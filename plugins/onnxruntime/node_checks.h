@@ -45,6 +45,8 @@ void read_kernel_attributes(const OrtApi& api, const OrtKernelInfo* info, VQGemm
 std::vector<InputInfo> kernel_input_infos(const OrtKernelInfo* info);
 // The node's inputs against what the attributes call for (count, dtypes, shapes, X's last dim).
 void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in);
+// X alone (dtype, last dimension), for calls whose weight inputs were checked at session creation.
+void check_x(const VQGemmDims& d, const InputInfo& x);
 // A call's inputs: values (X first) and their types/shapes, checked against the attributes.
 void call_inputs(Ort::KernelContext& ctx, const VQGemmDims& d, std::vector<Ort::ConstValue>* values,
                  std::vector<InputInfo>* infos);

@@ -22,6 +22,8 @@ struct VQGemmKernel {
  private:
   void Compute(Ort::KernelContext& ctx);
   std::shared_ptr<const Prepacked> weight(const VQGemmDesc& desc, const std::vector<const void*>& key);
+  // The prepacked initializer weight if the call's weight inputs are the buffers it came from, else null.
+  std::shared_ptr<const Prepacked> cached_weight(Ort::KernelContext& ctx);
 
   VQGemmDims dims_;
   int accuracy_level_ = 0;

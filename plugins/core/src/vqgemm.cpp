@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "internal.h"
@@ -142,13 +143,39 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
   return corr;
 }
 
+struct CallBuffers {
+  std::vector<float> xp, rowconst, xrow, sx, corr, xsum, xs, ybuf;
+  std::vector<int8_t> xq;
+};
+
+// Frees the buffers that outgrew decode sizes when a call ends (normal return or exception).
+struct BufferTrim {
+  CallBuffers& b;
+  ~BufferTrim() {
+    constexpr size_t kKeep = size_t(1) << 18;  // elements (1 MiB of float): decode stays far below
+    auto trim = [](auto& v) {
+      if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
+    };
+    trim(b.xp), trim(b.xrow), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.xs), trim(b.ybuf), trim(b.xq);
+    trim(b.rowconst);
+  }
+};
+
 }  // namespace
 
 void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y, const ParallelFor& parallel) {
   const VQGemmDims& d = p.dims;
   const int64_t K = d.K, N = d.N;
   if (M <= 0) return;
-  std::vector<float> xp(size_t(M * K)), rowconst(size_t(M), 0.f), xrow;
+  // Per-thread buffers kept between calls: a decode step makes ~200 calls, and their fresh
+  // vectors showed up as malloc/free in decode profiles. Large ones (prefill) are freed after.
+  thread_local CallBuffers buf;
+  const BufferTrim trim{buf};
+  std::vector<float>& xp = buf.xp;
+  std::vector<float>& rowconst = buf.rowconst;
+  std::vector<float>& xrow = buf.xrow;
+  xp.resize(size_t(M * K));
+  rowconst.assign(size_t(M), 0.f);
   for (int64_t m = 0; m < M; ++m) {
     const float* xf = static_cast<const float*>(x) + m * K;
     if (x_type != DType::kFloat32) {
@@ -165,8 +192,10 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     }
   }
   Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, nullptr, false, nullptr};
-  std::vector<int8_t> xq;
-  std::vector<float> sx, corr, xsum;
+  std::vector<int8_t>& xq = buf.xq;
+  std::vector<float>& sx = buf.sx;
+  std::vector<float>& corr = buf.corr;
+  std::vector<float>& xsum = buf.xsum;
   call.use_int8 = !p.segments.empty() && (M <= kMaxInt8Rows || p.isa == Isa::kAvx512);
   if (call.use_int8) {
     const int64_t nseg = int64_t(p.segments.size());
@@ -174,7 +203,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     sx.assign(size_t(M * p.xq_blocks), 0.f);
     corr.assign(size_t(M * nseg), 0.f);
     xsum.assign(size_t(M * nseg), 0.f);
-    std::vector<float> xs;
+    std::vector<float>& xs = buf.xs;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t s = 0; s < nseg; ++s) {
         const Segment& g = p.segments[size_t(s)];
@@ -203,7 +232,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     call.corr = corr.data();
     call.xsum = xsum.data();
   }
-  std::vector<float> ybuf;
+  std::vector<float>& ybuf = buf.ybuf;
   float* y32 = static_cast<float*>(y);
   if (x_type != DType::kFloat32) {
     ybuf.resize(size_t(M * N));
