@@ -35,11 +35,10 @@ from vq2trt.algo import vptq_quantize
 from vq2trt.config import PRESETS, ConfigError, QuantConfig
 from vq2trt.format import FormatError, planned_stored_bits
 from vq2trt.guided import output_gradient_weights
+from vq2trt.layer_inputs import _calibration_inputs, _with_kwargs
 from vq2trt.quantize import (
-    _capture_layer0_inputs,
     _collect_hessians,
     _layer_seed,
-    _to_device,
     all_quantizable_linears,
     decoder_layers,
     quantizable_linears,
@@ -216,14 +215,13 @@ def _sensitivities(model, layers, calib, cands, base, hessian_fn, weights, devic
     if base.hessian == "output-aware" or sensitivity == "loss":
         token_weights = output_gradient_weights(model, calib, list(expected_bits), batch_size=batch_size,
                                                 device=device, progress=progress)
-    emb_device = next(model.parameters()).device
-    with torch.no_grad():
-        batches = _to_device(_capture_layer0_inputs(model, layers, calib, batch_size, emb_device), device)
+    batches, layer_kwargs = _calibration_inputs(model, layers, calib, batch_size, device)
     bar = tqdm(total=len(expected_bits), desc=f"allocate ({len(cands)} formats)", unit="linear",
                disable=not progress)
     for i, layer in enumerate(layers):
         home = next(layer.parameters()).device
         layer.to(device)
+        batches = _with_kwargs(batches, layer_kwargs[i])     # its attention type's mask and rotary
         linears = quantizable_linears(layer, f"model.layers.{i}", base.skip_modules)
         guided = None
         if token_weights is None:

@@ -18,13 +18,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.evaluate import EvalError
     from vq2trt.export.embedding import EmbeddingError
     from vq2trt.export.graph import ExportError
+    from vq2trt.families import UnsupportedModelError
     from vq2trt.format import FormatError
     from vq2trt.io import CheckpointError
     from vq2trt.models import ModelLoadError
     from vq2trt.quantize import QuantizeError
     from vq2trt.runtime.session import RunError
     return ConfigError, FormatError, CheckpointError, ModelLoadError, DataError, EvalError, QuantizeError, \
-        ExportError, EmbeddingError, RunError, DistillError, FileNotFoundError
+        ExportError, EmbeddingError, RunError, DistillError, UnsupportedModelError, FileNotFoundError
 
 
 def _work_dir(out: Path) -> Path:

@@ -1,8 +1,8 @@
 """Loading LLaMA-family causal LMs (HF folders or GGUF files) and fetching the SmolLM2 test model.
 
-Everything the quantizer touches must look like a LLaMA decoder: ``model.model.layers[i]`` with
-``self_attn.{q,k,v,o}_proj`` and ``mlp.{gate,up,down}_proj``. That is checked once here so later
-code can index those names without guarding.
+Everything the quantizer touches must be a decoder of a family vq2trt.families describes:
+``model.model.layers[i]`` with that family's ``self_attn`` and ``mlp`` Linears. That is checked
+once here so later code can index those names without guarding.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+from vq2trt.families import UnsupportedModelError, check_config
 
 # Weight files transformers accepts in a model folder; sharded checkpoints come with an index.
 WEIGHT_PATTERNS = ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
@@ -51,7 +50,7 @@ def load_model(path, dtype: torch.dtype = torch.float32, device="cpu"):
     else:
         raise ModelLoadError(f"model path {path} is a file but not a .gguf; expected an HF model folder "
                              "(config.json + weights) or a .gguf file")
-    check_llama_like(model, path)
+    check_supported(model, path)
     model.to(device)
     model.eval()
     model.requires_grad_(False)
@@ -103,19 +102,28 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     return model, tokenizer
 
 
-def check_llama_like(model, path="model") -> None:
-    """Raise ModelLoadError unless ``model`` has the LLaMA decoder layout the quantizer relies on."""
+def check_supported(model, path="model") -> None:
+    """Raise ModelLoadError unless ``model`` is a decoder of a supported family (vq2trt.families)
+    with that family's Linears in every layer, so later code can index them without guarding."""
+    try:
+        fam = check_config(model.config)
+    except UnsupportedModelError as e:
+        raise ModelLoadError(f"{path} ({type(model).__name__}) is not a LLaMA-family decoder vq2trt supports: "
+                             f"{e}") from e
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None or len(layers) == 0:
         raise ModelLoadError(f"{path} ({type(model).__name__}) is not a LLaMA-family decoder: "
                              "expected model.model.layers")
     for i, layer in enumerate(layers):
-        for block, names in (("self_attn", ATTN_PROJ), ("mlp", MLP_PROJ)):
+        for block, names in fam.projections.items():
             sub = getattr(layer, block, None)
             missing = [n for n in names if not isinstance(getattr(sub, n, None), torch.nn.Linear)]
             if missing:
-                raise ModelLoadError(f"{path} ({type(model).__name__}) is not a LLaMA-family decoder: layer {i} "
+                raise ModelLoadError(f"{path} ({type(model).__name__}) is not a {fam.name} decoder: layer {i} "
                                      f"has no Linear {block}.{{{','.join(missing)}}}")
+
+
+check_llama_like = check_supported     # the name before other families were supported
 
 
 def _sha256(path: Path) -> str:

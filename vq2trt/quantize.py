@@ -30,6 +30,12 @@ from vq2trt.config import QuantConfig
 from vq2trt.format import FORMAT_VERSION, FormatError, VQWeight
 from vq2trt.guided import output_gradient_weights
 from vq2trt.head import HEAD, quantize_head, quantizes_head, untie_head
+from vq2trt.layer_inputs import (  # noqa: F401 (tests reach _capture_* here)
+    _calibration_inputs,
+    _capture_inputs,
+    _capture_layer0_inputs,
+    _with_kwargs,
+)
 from vq2trt.nn import VQLinear, replace_linear
 
 STATE_FILE = "state.json"
@@ -71,6 +77,15 @@ class QuantizeResult:
         return None if self.head is None else self.head.bits_per_weight()
 
 
+def _check_family(model: nn.Module) -> None:
+    from vq2trt.families import UnsupportedModelError, check_config
+
+    try:
+        check_config(model.config)
+    except UnsupportedModelError as e:
+        raise QuantizeError(f"{type(model).__name__}: {e}") from e
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
@@ -82,31 +97,6 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def quantizable_linears(layer: nn.Module, prefix: str, skip: list[str]) -> dict[str, nn.Linear]:
     return {f"{prefix}.{n}": m for n, m in layer.named_modules()
             if isinstance(m, nn.Linear) and not any(s in f"{prefix}.{n}" for s in skip)}
-
-
-class _Stop(Exception):
-    pass
-
-
-def _capture_layer0_inputs(model, layers, calib, batch_size, device):
-    """Inputs (hidden states and keyword arguments) of decoder layer 0 for each calibration batch."""
-    batches: list[tuple[torch.Tensor, dict]] = []
-
-    def grab(_mod, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        batches.append((hidden.detach(), {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-        raise _Stop
-
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for i in range(0, calib.shape[0], batch_size):
-            try:
-                model(input_ids=calib[i:i + batch_size].to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return batches
 
 
 def _run_layer(layer, hidden, kwargs):
@@ -230,16 +220,6 @@ def _collect_hessians(layer, linears, batches, device, token_weights=None):
     return {n: acc[owner[n]] for n in linears}, targets
 
 
-def _to_device(batches, device):
-    def mv(x):
-        if isinstance(x, torch.Tensor):
-            return x.to(device)
-        if isinstance(x, tuple):
-            return tuple(mv(y) for y in x)
-        return x
-    return [(h.to(device), {k: mv(v) for k, v in kw.items()}) for h, kw in batches]
-
-
 def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work_dir: str | os.PathLike | None = None,
              device: str | torch.device | None = None, batch_size: int = 8, progress: bool = True) -> QuantizeResult:
     """Quantize every Linear of ``model``'s decoder layers in place.
@@ -253,6 +233,7 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
         raise QuantizeError(f"calibration ids must be [num_samples, seqlen], got {tuple(calib.shape)}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layers = decoder_layers(model)
+    _check_family(model)
     _check_module_overrides(layers, config)
     work = _WorkDir(Path(work_dir) if work_dir else None, _fingerprint(model, config, calib))
     result = QuantizeResult(config=config)
@@ -268,16 +249,14 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
         if todo:
             token_weights = output_gradient_weights(model, calib, todo, batch_size=batch_size, device=device,
                                                     progress=progress)
-    emb_device = next(model.parameters()).device
-    with torch.no_grad():
-        batches = _capture_layer0_inputs(model, layers, calib, batch_size, emb_device)
-    batches = _to_device(batches, device)
+    batches, layer_kwargs = _calibration_inputs(model, layers, calib, batch_size, device)
 
     bar = tqdm(range(len(layers)), desc=f"quantize ({config.method})", unit="layer", disable=not progress)
     for i in bar:
         layer = layers[i]
         home = next(layer.parameters()).device
         layer.to(device)
+        batches = _with_kwargs(batches, layer_kwargs[i])
         linears = quantizable_linears(layer, f"model.layers.{i}", config.skip_modules)
         done = work.load(i)
         if done is not None:

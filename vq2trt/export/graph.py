@@ -137,6 +137,7 @@ def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, token
                  source: str | None = None) -> Path:
     import onnx
 
+    from vq2trt.export.genai import write_genai
     from vq2trt.io import _atomic_dir
 
     quantized = any(n.op_type == op.OP_TYPE for n in proto.graph.node)
@@ -145,6 +146,7 @@ def write_folder(proto, out_dir: Path, *, model, decoder, overwrite: bool, token
                         location=DATA_FILE, size_threshold=1024)
         info = model_info(model, decoder, quantized=quantized, accuracy_level=accuracy_level, source=source)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_genai(tmp, info, model.config)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return out_dir
