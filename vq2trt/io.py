@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -88,11 +89,28 @@ def _readable(root: Path, umask: int) -> None:
             os.chmod(p, (0o777 if exe else 0o666) & ~umask)
 
 
+def save_tensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file with a reproducible header: safetensors 0.8 writes the metadata from a
+    Rust HashMap, so its key order (and the file's bytes) changed from run to run. The header is
+    rewritten in place with the metadata sorted; same length, so no data offset moves."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    with open(path, "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None)
+        canon = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        out = json.dumps(canon, separators=(",", ":")).encode()
+        if len(out) > n:                      # cannot happen for a reordering; keep the file as written
+            return
+        f.seek(8)
+        f.write(out + b" " * (n - len(out)))
+
+
 def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.PathLike, *, tokenizer=None,
                    overwrite: bool = False) -> Path:
     """Write ``model`` (VQLinear layers in place) as a checkpoint folder; returns its path."""
-    from safetensors.numpy import save_file
-
     out_dir = Path(out_dir)
     if not _vq_modules(model):
         raise CheckpointError("the model has no VQLinear layers: quantize it with method 'vptq' first")
@@ -100,8 +118,8 @@ def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.Path
         cfg = model.config.to_dict()
         cfg["quantization_config"] = quantization_config(config)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        save_file(checkpoint_tensors(model), str(tmp / WEIGHTS_FILE),
-                  metadata={"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)})
+        save_tensors(checkpoint_tensors(model), tmp / WEIGHTS_FILE,
+                     {"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return out_dir

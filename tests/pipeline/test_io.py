@@ -140,3 +140,28 @@ def test_missing_folder_and_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="config.json is missing"):
         load_quantized(tmp_path / "empty")
+
+
+def test_safetensors_header_is_the_same_in_every_process(tmp_path):
+    """safetensors 0.8 orders the metadata by a per-process random hash, so the same checkpoint
+    had different bytes from run to run; save_tensors sorts it. Six processes, one digest."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from pathlib import Path; from vq2trt.io import save_tensors; "
+            "save_tensors({'b': np.arange(6, dtype=np.float32), 'a': np.ones(3, np.int32)}, Path(sys.argv[1]), "
+            "{'format': 'pt', 'vq2trt_format_version': '1', 'z': 'x'})")
+    digests = set()
+    for i in range(6):
+        path = tmp_path / f"{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            assert f.metadata() == {"format": "pt", "vq2trt_format_version": "1", "z": "x"}
+        got = load_file(str(path))
+        np.testing.assert_array_equal(got["b"], np.arange(6, dtype=np.float32))
+        np.testing.assert_array_equal(got["a"], np.ones(3, np.int32))
+    assert len(digests) == 1

@@ -18,7 +18,15 @@ import numpy as np
 from vq2trt.config import PER_MODULE_FIELDS, QuantConfig
 from vq2trt.format import FORMAT_VERSION, FormatError, VQWeight
 from vq2trt.interop.vptq import InteropError, cuda_kernel_notes, vptq_to_vqweight, vqweight_to_vptq
-from vq2trt.io import CONFIG_FILE, WEIGHTS_FILE, _atomic_dir, quantization_config, read_checkpoint_config, read_tensors
+from vq2trt.io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    _atomic_dir,
+    quantization_config,
+    read_checkpoint_config,
+    read_tensors,
+    save_tensors,
+)
 
 VPTQ_METHOD = "vptq"
 INDEX_FILE = "model.safetensors.index.json"
@@ -197,7 +205,6 @@ def import_vptq(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
     floats = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v) for k, v in tensors.items()}
 
     config = _quant_config(layers)
-    from safetensors.numpy import save_file
 
     with _atomic_dir(out, overwrite) as tmp:
         hf["quantization_config"] = quantization_config(config)
@@ -206,8 +213,7 @@ def import_vptq(src: str | os.PathLike, out: str | os.PathLike, *, overwrite: bo
         stored = dict(floats)
         for n, w in layers.items():
             stored.update({f"{n}.{k}": v for k, v in w.tensors().items()})
-        save_file(stored, str(tmp / WEIGHTS_FILE),
-                  metadata={"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)})
+        save_tensors(stored, tmp / WEIGHTS_FILE, {"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)})
         _copy_side_files(src, tmp)
     return out, layers
 
