@@ -15,6 +15,7 @@ EXIT_USAGE = 2
 def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.data import DataError
     from vq2trt.distill import DistillError
+    from vq2trt.distributed import DistError
     from vq2trt.evaluate import EvalError
     from vq2trt.export.embedding import EmbeddingError
     from vq2trt.export.graph import ExportError
@@ -24,8 +25,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.models import ModelLoadError
     from vq2trt.quantize import QuantizeError
     from vq2trt.runtime.session import RunError
+    from vq2trt.streaming import StreamError
     return ConfigError, FormatError, CheckpointError, ModelLoadError, DataError, EvalError, QuantizeError, \
-        ExportError, EmbeddingError, RunError, DistillError, UnsupportedModelError, FileNotFoundError
+        ExportError, EmbeddingError, RunError, DistillError, UnsupportedModelError, FileNotFoundError, \
+        StreamError, DistError
 
 
 def _work_dir(out: Path) -> Path:
@@ -38,8 +41,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
     import torch
 
+    from vq2trt.activations import parse_size
     from vq2trt.config import resolve_config
     from vq2trt.data import calibration_batch, read_text
+    from vq2trt.distributed import Dist
     from vq2trt.head import with_head
     from vq2trt.io import save_quantized, save_simulated
     from vq2trt.models import load_model
@@ -52,10 +57,24 @@ def cmd_quantize(a: argparse.Namespace) -> int:
                             finetune_steps=a.finetune_steps, kmeans_iters=a.kmeans_iters, hessian=a.hessian,
                             distill_tokens=a.distill_tokens or None, distill_lr=a.distill_lr)
     with_head(config, a.head)                   # a bad head preset fails before any work
+    try:
+        max_memory = None if a.max_memory is None else parse_size(a.max_memory)
+    except ValueError as e:
+        raise ConfigError(f"--max-memory: {e}") from None
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist = Dist.from_env(device)
+    if dist.active:
+        device = dist.device                    # this rank's GPU under torchrun
+    _check_scaled_run(a, config, dist)
     text = read_text(a.calib)                   # fail on bad calibration data before any work
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, tokenizer = load_model(a.model)
+    stream = None
+    if a.stream:
+        from vq2trt.streaming import load_streamed
+        model, tokenizer, stream = load_streamed(a.model)
+    else:
+        model, tokenizer = load_model(a.model)
     if tokenizer is None:
         raise ConfigError(f"{a.model} has no tokenizer; calibration text cannot be tokenized")
     calib = calibration_batch(tokenizer, text, config.calib_samples, config.calib_seqlen, config.seed)
@@ -67,26 +86,56 @@ def cmd_quantize(a: argparse.Namespace) -> int:
         distill = distill_config(a, config.distill_tokens, config.distill_lr)
         teacher = copy.deepcopy(model)          # the float model, before quantize() replaces its layers
     work = _work_dir(out)
-    if a.no_resume and work.exists():
+    if a.no_resume and work.exists() and dist.is_main:
         shutil.rmtree(work)
+    dist.barrier()
     if a.target_bits is not None or a.candidates or a.sensitivity != "proxy":
         from vq2trt.cli_allocate import allocated_config
         config = allocated_config(model, calib, config, work, a)
     config = with_head(config, a.head)
-    result = quantize(model, config, calib, work_dir=work, device=a.device, progress=not a.quiet)
+    log = print if dist.is_main else None
+    result = quantize(model, config, calib, work_dir=work, device=device, progress=not a.quiet, stream=stream,
+                      dist=dist, max_memory=max_memory, log=log)
+    if not dist.is_main:                        # rank 0 writes the checkpoint
+        dist.close()
+        return 0
     if distill is not None:
         from vq2trt.cli_tune import run_distill
         run_distill(model, teacher, tokenizer, text, distill, work, a)
-    save = save_quantized if config.method == "vptq" else save_simulated
-    save(model, config, out, tokenizer=tokenizer, overwrite=a.overwrite)
+    if stream is not None:
+        from vq2trt.streaming import save_streamed
+        save_streamed(model, stream, config, work, out, tokenizer=tokenizer, overwrite=a.overwrite,
+                      progress=not a.quiet)
+    else:
+        save = save_quantized if config.method == "vptq" else save_simulated
+        save(model, config, out, tokenizer=tokenizer, overwrite=a.overwrite)
     shutil.rmtree(work, ignore_errors=True)
+    dist.close()
     n = len(result.reports)
-    print(f"quantized {n} Linear layers with {config.method} in {result.seconds:.1f} s")
+    print(f"quantized {n} Linear layers with {config.method} in {result.seconds:.1f} s"
+          + ("" if dist.world == 1 else f" on {dist.world} ranks"))
     print(f"all-in bits per weight over quantized Linears: {result.bits_per_weight:.3f}"
           + ("" if result.head is None else f" (decoder layers; lm_head {result.head_bits_per_weight:.3f})"))
     print(f"mean proxy error tr(dW H dW^T)/tr(W H W^T): {sum(r.proxy_err for r in result.reports) / max(n, 1):.4f}")
     print(f"wrote {out}")
     return 0
+
+
+def _check_scaled_run(a: argparse.Namespace, config, dist) -> None:
+    """Stages that need the whole model in one process are refused for streamed and torchrun runs."""
+    how = [w for w, on in (("--stream", a.stream), (f"torchrun ({dist.world} ranks)", dist.active)) if on]
+    if not how:
+        return
+    how = " and ".join(how)
+    if config.distill_tokens:
+        raise ConfigError(f"distillation trains the whole model in one process, which {how} does not hold; "
+                          "quantize without --distill-tokens, then run `vq2trt finetune` on the checkpoint")
+    if a.target_bits is not None or a.candidates:
+        raise ConfigError(f"--target-bits allocation is not available with {how}; allocate once without it "
+                          "and pass the written config (configs/README.md) with --config")
+    if a.stream and (config.method != "vptq"):
+        raise ConfigError(f"--stream writes VQ checkpoints; method {config.method!r} is saved as a float model, "
+                          "which needs it whole")
 
 
 def _load_any(path: str, device: str | None):
@@ -244,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_arguments(q)
     from vq2trt.cli_allocate import add_allocate_arguments
     add_allocate_arguments(q)
+    q.add_argument("--stream", action="store_true",
+                   help="build the model without weights and load one decoder layer at a time from the folder's "
+                        "(sharded) safetensors: peak memory ~ one layer + the calibration activations")
+    q.add_argument("--max-memory", metavar="SIZE",
+                   help="memory for one layer (or the whole model) and the calibration activations, e.g. 24G; "
+                        "activations above it are kept in files in the run's work folder")
     add_run_arguments(q, "discard finished layers of an interrupted run")
     q.set_defaults(func=cmd_quantize)
 

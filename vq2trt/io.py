@@ -41,13 +41,17 @@ def _vq_modules(model: nn.Module) -> dict[str, VQLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, VQLinear)}
 
 
-def checkpoint_tensors(model: nn.Module) -> dict[str, np.ndarray]:
-    """Every tensor a checkpoint stores: VQ layers in their stored form, the rest as the model holds them."""
-    vq = _vq_modules(model)
+def checkpoint_tensors(model: nn.Module, include=None) -> dict[str, np.ndarray]:
+    """Every tensor a checkpoint stores: VQ layers in their stored form, the rest as the model holds them.
+
+    include(name) -> bool: only the tensors so named (a streamed save writes one decoder layer at a
+    time; the others are on the meta device and are not touched)."""
+    keep = include or (lambda _name: True)
+    vq = {n: m for n, m in _vq_modules(model).items() if keep(n + ".")}
     out: dict[str, np.ndarray] = {}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     for name, t in model.state_dict().items():
-        if any(name.startswith(m + ".") for m in vq):
+        if not keep(name) or any(name.startswith(m + ".") for m in vq):
             continue
         if tied and name == "lm_head.weight":
             continue
@@ -108,18 +112,26 @@ def save_tensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str,
         f.write(out + b" " * (n - len(out)))
 
 
+WEIGHTS_METADATA = {"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)}
+
+
 def save_quantized(model: nn.Module, config: QuantConfig, out_dir: str | os.PathLike, *, tokenizer=None,
-                   overwrite: bool = False) -> Path:
-    """Write ``model`` (VQLinear layers in place) as a checkpoint folder; returns its path."""
+                   overwrite: bool = False, write_tensors=None) -> Path:
+    """Write ``model`` (VQLinear layers in place) as a checkpoint folder; returns its path.
+
+    write_tensors(path): writes model.safetensors instead of taking every tensor from ``model`` (a
+    streamed model's layers are on the meta device: vq2trt.streaming.save_streamed)."""
     out_dir = Path(out_dir)
-    if not _vq_modules(model):
+    if write_tensors is None and not _vq_modules(model):
         raise CheckpointError("the model has no VQLinear layers: quantize it with method 'vptq' first")
     with _atomic_dir(out_dir, overwrite) as tmp:
         cfg = model.config.to_dict()
         cfg["quantization_config"] = quantization_config(config)
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        save_tensors(checkpoint_tensors(model), tmp / WEIGHTS_FILE,
-                     {"format": "pt", "vq2trt_format_version": str(FORMAT_VERSION)})
+        if write_tensors is None:
+            save_tensors(checkpoint_tensors(model), tmp / WEIGHTS_FILE, WEIGHTS_METADATA)
+        else:
+            write_tensors(tmp / WEIGHTS_FILE)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return out_dir

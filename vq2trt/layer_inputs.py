@@ -30,12 +30,14 @@ def _kwargs_key(kw: dict) -> tuple:
     return tuple(sorted((k, ident(v)) for k, v in kw.items()))
 
 
-def _capture_inputs(model, layers, calib, batch_size, device):
+def _capture_inputs(model, layers, calib, batch_size, device, sink=None):
     """Decoder layer 0's hidden states for each calibration batch, [(hidden, kwargs of layer 0)],
     and the kwargs of every layer, [layer][batch]: layers differ in them where attention types
     alternate (Gemma 2/3, Qwen2 with max_window_layers: sliding-window masks, Gemma 3's local rotary).
     Layers of the same kwargs share one list. The layers do not run: their forward is a pass-through
-    while the model's own loop hands each its kwargs."""
+    while the model's own loop hands each its kwargs. With ``sink``, layer 0's hidden states go to
+    sink(batch index, hidden) instead (a streamed run keeps only its own, or spills them) and the
+    first list is empty."""
     hidden: list[torch.Tensor] = []
     per_layer: list[list[dict]] = [[] for _ in layers]
     last = len(layers) - 1
@@ -46,7 +48,10 @@ def _capture_inputs(model, layers, calib, batch_size, device):
             h = args[0] if args else kw.pop("hidden_states")
             kw.pop("hidden_states", None)
             if i == 0:
-                hidden.append(h.detach())
+                if sink is None:
+                    hidden.append(h.detach())
+                else:
+                    sink(len(per_layer[0]), h.detach())
             per_layer[i].append(kw)
             if i == last:
                 raise _Stop
@@ -80,6 +85,30 @@ def _capture_inputs(model, layers, calib, batch_size, device):
     return list(zip(hidden, shared[0])), shared
 
 
+def calibration_store(model, layers, calib, batch_size, device, ids, folder=None):
+    """Layer 0's inputs for the calibration batches ``ids`` as vq2trt.activations.Activations (in
+    ``folder`` when given: spilled to disk) and the kwargs of every layer [layer][batch] on ``device``."""
+    from vq2trt.activations import Activations
+
+    wanted = {b: k for k, b in enumerate(ids)}
+    store = Activations([{}] * len(ids), ids, folder, device=device)
+
+    def sink(b, h):
+        if b in wanted:
+            store.put(wanted[b], h.to(device))
+    with torch.no_grad():
+        _, layer_kwargs = _capture_inputs(model, layers, calib, batch_size, next(model.parameters()).device, sink)
+    return store, _kwargs_to_device(layer_kwargs, device)
+
+
+def _kwargs_to_device(layer_kwargs, device):
+    moved: dict[int, list[dict]] = {}
+    for kws in layer_kwargs:
+        if id(kws) not in moved:
+            moved[id(kws)] = [kw for _, kw in _to_device([(torch.empty(0), kw) for kw in kws], device)]
+    return [moved[id(kws)] for kws in layer_kwargs]
+
+
 def _capture_layer0_inputs(model, layers, calib, batch_size, device):
     """Inputs (hidden states and keyword arguments) of decoder layer 0 for each calibration batch."""
     return _capture_inputs(model, layers, calib, batch_size, device)[0]
@@ -105,9 +134,5 @@ def _calibration_inputs(model, layers, calib, batch_size, device):
     list shared by several layers moved once."""
     with torch.no_grad():
         batches, layer_kwargs = _capture_inputs(model, layers, calib, batch_size, next(model.parameters()).device)
-    moved: dict[int, list[dict]] = {}
-    for kws in layer_kwargs:
-        if id(kws) not in moved:
-            moved[id(kws)] = [kw for _, kw in _to_device([(torch.empty(0), kw) for kw in kws], device)]
-    layer_kwargs = [moved[id(kws)] for kws in layer_kwargs]
+    layer_kwargs = _kwargs_to_device(layer_kwargs, device)
     return [(h.to(device), kw) for (h, _), kw in zip(batches, layer_kwargs[0])], layer_kwargs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -46,9 +48,10 @@ def test_errors():
         acc.finalize()
     with pytest.raises(ValueError, match="in_features=6"):
         acc.add_batch(torch.zeros(3, 5))
-    acc.add_batch(torch.full((2, 6), float("nan")))
     with pytest.raises(ValueError, match="NaN"):
-        acc.finalize()
+        acc.add_batch(torch.full((2, 6), float("nan")))
+    with pytest.raises(ValueError, match="no calibration batch"):
+        acc.finalize()                      # the bad batch was not added
     with pytest.raises(ValueError):
         HessianAccumulator(0)
 
@@ -131,3 +134,58 @@ def test_weight_errors():
     acc.add_batch(torch.ones(2, 4), torch.zeros(2))
     with pytest.raises(ValueError, match="weight 0"):
         acc.finalize()
+
+
+class _Pair:
+    """Two processes' accumulators summed as Dist.all_reduce_sum would: exactly, as integers."""
+
+    def __init__(self, other):
+        self.other = other
+
+    def all_reduce_sum(self, t):
+        return t + self.other._sum
+
+    def all_gather_sum(self, values):
+        return [a + b for a, b in zip(values, [self.other.count, self.other._bound])]
+
+    def all_gather_lists(self, values):
+        return values + self.other._weights
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sum_is_exact_whatever_the_order_or_split_of_batches(weighted):
+    # Scales that make a float64 running sum depend on the order: tiny and huge batches mixed.
+    g = _gen(7)
+    xs = [torch.randn(40, 16, generator=g) * s for s in (1.0, 1e3, 1e-3, 30.0, 1e2)]
+    ws = [torch.rand(40, generator=g) + 0.1 if weighted else None for _ in xs]
+
+    def acc_of(order, grid_from=None):
+        a = HessianAccumulator(16)
+        if grid_from is not None:
+            a.set_grid_from(xs[grid_from], ws[grid_from])
+        for i in order:
+            a.add_batch(xs[i], ws[i])
+        return a
+
+    one = acc_of(range(5))
+    H = one.finalize()
+    # a different order, after fixing the grid from batch 0 as every rank does
+    assert torch.equal(acc_of([4, 2, 0, 3, 1], grid_from=0).finalize(), H)
+    # two ranks: 0, 2, 4 and 1, 3 (the second fixes its grid from batch 0 without adding it)
+    r0, r1 = acc_of([0, 2, 4]), acc_of([1, 3], grid_from=0)
+    r0.all_reduce(_Pair(r1))
+    assert torch.equal(r0.finalize(), H) and r0.count == one.count
+    assert r0.weight_sum == one.weight_sum
+    # The grid costs nothing that matters: against the float32 products summed in float64, each
+    # batch is off by at most half a grid step, 2^-41 of batch 0's largest entry, besides
+    # float64's rounding of the total.
+    prods = torch.stack([_product(x, w).double() for x, w in zip(xs, ws)]).reshape(5, -1)  # [batches, K*K]
+    ref = torch.tensor([math.fsum(col) for col in prods.T.tolist()], dtype=torch.float64)  # exact sums, rounded
+    err = (one._sum.double().reshape(-1) * one.grid - ref).abs()
+    assert (err <= 5 * one.grid / 2 + ref.abs() * 2.0 ** -52).all()   # grid steps + float64's own rounding
+    assert one.grid <= float(torch.diagonal(_product(xs[0], ws[0])).max()) * 2.0 ** -39
+
+
+def _product(x, w):
+    xw = x if w is None else x * w.sqrt()[:, None]
+    return xw.T @ xw

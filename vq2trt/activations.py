@@ -1,0 +1,128 @@
+"""Calibration activations between decoder layers: in memory, or in files when over a budget.
+
+quantize() keeps, for each calibration batch, the hidden states entering the current layer (and,
+when layers are fine-tuned, the float layer's outputs as targets). For a 70B model with 128 x 2048
+calibration tokens that is 8.6 GB per copy in float32, more than a small machine should hold beside
+a decoder layer. ``Activations`` is the list quantize() iterates; with a folder it writes each
+batch to its own file and reads it back when the batch is used, so one batch at a time is resident.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import torch
+
+_counter = itertools.count()
+
+
+class Activations:
+    """[(hidden [b, T, d], kwargs)] per calibration batch; ``ids`` are the batches' global indices."""
+
+    def __init__(self, kwargs: list[dict], ids: list[int], folder: Path | None = None, device=None):
+        self._kw, self.ids = list(kwargs), list(ids)
+        self.folder, self.device = folder, device
+        self._tag = f"a{os.getpid()}_{next(_counter)}"
+        self._mem: list[torch.Tensor | None] = [None] * len(self.ids)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def spilled(self) -> bool:
+        return self.folder is not None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        return self.hidden(i), self._kw[i]
+
+    def _file(self, i: int) -> Path:
+        return self.folder / f"{self._tag}_{i:05d}.pt"
+
+    def hidden(self, i: int) -> torch.Tensor:
+        if self.folder is None:
+            return self._mem[i]
+        return torch.load(self._file(i), weights_only=True).to(self.device or "cpu")
+
+    def put(self, i: int, t: torch.Tensor) -> None:
+        if self.folder is None:
+            self._mem[i] = t
+            return
+        tmp = self._file(i).with_suffix(".tmp")
+        torch.save(t.detach().cpu(), tmp)
+        os.replace(tmp, self._file(i))
+
+    def like(self, kwargs: list[dict] | None = None) -> Activations:
+        """An empty store of the same kind, batches and (unless given) kwargs."""
+        return Activations(self._kw if kwargs is None else kwargs, self.ids, self.folder, self.device)
+
+    def with_kwargs(self, kwargs: list[dict]) -> Activations:
+        """The same hidden states with other kwargs (the next layer's masks and rotary)."""
+        out = self.like(kwargs)
+        out._mem, out._tag = self._mem, self._tag
+        return out
+
+    def map(self, fn) -> Activations:
+        """A new store of fn(hidden, kwargs) for every batch."""
+        out = self.like()
+        for i in range(len(self)):
+            h, kw = self[i]
+            out.put(i, fn(h, kw))
+        return out
+
+    def hiddens(self) -> _Hiddens:
+        return _Hiddens(self)
+
+    def free(self) -> None:
+        self._mem = [None] * len(self.ids)
+        if self.folder is not None:
+            for f in self.folder.glob(f"{self._tag}_*"):
+                f.unlink(missing_ok=True)
+
+
+class _Hiddens:
+    """The hidden states alone, as the sequence fine-tuning indexes for its targets."""
+
+    def __init__(self, store: Activations):
+        self._s = store
+
+    def __len__(self) -> int:
+        return len(self._s)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self._s.hidden(i)
+
+    def __iter__(self):
+        return (self._s.hidden(i) for i in range(len(self._s)))
+
+
+def activation_bytes(samples: int, seqlen: int, hidden_size: int, dtype: torch.dtype, copies: int) -> int:
+    """Bytes of ``copies`` sets of calibration hidden states [samples, seqlen, hidden_size]."""
+    return samples * seqlen * hidden_size * torch.empty((), dtype=dtype).element_size() * copies
+
+
+def parse_size(text: str) -> int:
+    """'24G', '512M', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
+    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    if s and s[-1] in "KMGT":
+        scale, s = 1024 ** ("KMGT".index(s[-1]) + 1), s[:-1]
+    try:
+        value = float(s)
+    except ValueError:
+        raise ValueError(f"memory size {text!r}: expected a number with an optional K, M, G or T suffix, "
+                         "e.g. 24G") from None
+    if value <= 0:
+        raise ValueError(f"memory size {text!r} must be positive")
+    return int(value * scale)
+
+
+def gib(n: float) -> str:
+    """A byte count for people: GiB, or MiB below one GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
