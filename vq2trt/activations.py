@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 
 _counter = itertools.count()
+
+
+class MemoryBudgetError(ValueError):
+    """--max-memory below what one step of the run needs."""
 
 
 class Activations:
@@ -126,3 +131,31 @@ def parse_size(text: str) -> int:
 def gib(n: float) -> str:
     """A byte count for people: GiB, or MiB below one GiB."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def plan_memory(model, config, calib, batch_size, n_local, stream, dist, max_memory, work_path, log):
+    """Say what the run needs per rank; return the folder to spill activations to (None: memory)."""
+    hidden = model.config.hidden_size
+    rows = min(n_local * batch_size, calib.shape[0])
+    dtype = next(p for p in model.parameters() if not p.is_meta).dtype
+    copies = 2 + (config.finetune_steps > 0)   # this layer's inputs, its outputs (, the float targets)
+    act = activation_bytes(rows, calib.shape[1], hidden, dtype, copies)
+    one_batch = activation_bytes(batch_size, calib.shape[1], hidden, dtype, copies)
+    if stream is not None:
+        weights, what = stream.layer_bytes(), "one decoder layer"
+    else:
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        what = "the whole model"
+    rank = "" if dist.world == 1 else f" per rank ({dist.world} ranks)"
+    spill = None
+    if max_memory is not None and weights + act > max_memory:
+        if weights + one_batch > max_memory:
+            raise MemoryBudgetError(f"--max-memory {gib(max_memory)} is less than {what} ({gib(weights)}) plus one "
+                                    f"calibration batch ({gib(one_batch)}); raise it"
+                                    + ("" if stream is not None else " or add --stream"))
+        base = work_path if work_path is not None else Path(tempfile.mkdtemp(prefix="vq2trt-act-"))
+        spill = base / f"activations-rank{dist.rank}"
+    where = f"on disk in {spill}" if spill is not None else "in memory"
+    log(f"memory{rank}: {what} {gib(weights)} + calibration activations {gib(act)} ({rows} x {calib.shape[1]} "
+        f"tokens, {copies} copies) {where}")
+    return spill

@@ -130,3 +130,19 @@ class Dist:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def gather_batches(dist: Dist, batches, n_batches: int):
+    """Every batch on rank 0 (the head stage needs them all); other ranks keep what they have."""
+    if not dist.active or len(batches) == n_batches:
+        return batches
+    from vq2trt.activations import Activations
+
+    mine = {b: k for k, b in enumerate(batches.ids)}
+    out = Activations([{}] * n_batches, list(range(n_batches)), batches.folder, batches.device)
+    owners = [b % dist.world for b in range(n_batches)]
+    for b in range(n_batches):
+        t = dist.broadcast_object(batches.hidden(mine[b]).cpu() if owners[b] == dist.rank else None, src=owners[b])
+        if dist.is_main:
+            out.put(b, t.to(batches.device or "cpu"))
+    return out if dist.is_main else batches

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +24,11 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from vq2trt.activations import Activations, activation_bytes, gib
+from vq2trt.activations import Activations, MemoryBudgetError, plan_memory
 from vq2trt.algo import HessianAccumulator, gptq_quantize, rtn_quantize, scalar_bits_per_weight, vptq_quantize
 from vq2trt.algo.finetune import finetune_layer
 from vq2trt.config import QuantConfig
-from vq2trt.distributed import Dist
+from vq2trt.distributed import Dist, gather_batches
 from vq2trt.format import FORMAT_VERSION, FormatError, VQWeight
 from vq2trt.guided import output_gradient_weights
 from vq2trt.head import HEAD, quantize_head, quantizes_head, untie_head
@@ -289,7 +288,10 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
     # Fine-tuning needs every batch on every rank; otherwise a rank holds its own and batch 0 (the grid).
     ids = list(range(n_batches)) if config.finetune_steps > 0 else sorted({0, *owned_ids})
     owned = {k for k, b in enumerate(ids) if b in owned_ids}
-    spill = _memory_plan(model, config, calib, batch_size, len(ids), stream, dist, max_memory, work, log)
+    try:
+        spill = plan_memory(model, config, calib, batch_size, len(ids), stream, dist, max_memory, work.path, log)
+    except MemoryBudgetError as e:
+        raise QuantizeError(str(e)) from None
     batches, layer_kwargs = calibration_store(model, layers, calib, batch_size, device, ids, spill)
     if stream is not None:
         stream.release_embeddings()
@@ -331,7 +333,7 @@ def quantize(model: nn.Module, config: QuantConfig, calib: torch.Tensor, *, work
             log(f"layer {i} took {secs:.1f} s; the {left} layer(s) left should take about "
                 f"{_hms(secs * left)}{'' if dist.world == 1 else f' on {dist.world} ranks'}")
     if config.method == "vptq" and quantizes_head(config):
-        batches = _gather_batches(dist, batches, n_batches)
+        batches = gather_batches(dist, batches, n_batches)
         if dist.is_main:
             if stream is not None:
                 stream.load_rest(device)
@@ -354,48 +356,6 @@ def _open_work(work_dir, fingerprint, dist: Dist) -> _WorkDir:
     work = _WorkDir(path, fingerprint) if dist.is_main else None
     dist.barrier()
     return work if work is not None else _WorkDir(path, fingerprint, writer=False)
-
-
-def _memory_plan(model, config, calib, batch_size, n_local, stream, dist, max_memory, work, log):
-    """Say what the run needs per rank; return the folder to spill activations to (None: memory)."""
-    hidden = model.config.hidden_size
-    rows = min(n_local * batch_size, calib.shape[0])
-    dtype = next(p for p in model.parameters() if not p.is_meta).dtype
-    copies = 2 + (config.finetune_steps > 0)   # this layer's inputs, its outputs (, the float targets)
-    act = activation_bytes(rows, calib.shape[1], hidden, dtype, copies)
-    one_batch = activation_bytes(batch_size, calib.shape[1], hidden, dtype, copies)
-    if stream is not None:
-        weights, what = stream.layer_bytes(), "one decoder layer"
-    else:
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        what = "the whole model"
-    rank = "" if dist.world == 1 else f" per rank ({dist.world} ranks)"
-    spill = None
-    if max_memory is not None and weights + act > max_memory:
-        if weights + one_batch > max_memory:
-            raise QuantizeError(f"--max-memory {gib(max_memory)} is less than {what} ({gib(weights)}) plus one "
-                                f"calibration batch ({gib(one_batch)}); raise it"
-                                + ("" if stream is not None else " or add --stream"))
-        base = work.path if work.path is not None else Path(tempfile.mkdtemp(prefix="vq2trt-act-"))
-        spill = base / f"activations-rank{dist.rank}"
-    where = f"on disk in {spill}" if spill is not None else "in memory"
-    log(f"memory{rank}: {what} {gib(weights)} + calibration activations {gib(act)} ({rows} x {calib.shape[1]} "
-        f"tokens, {copies} copies) {where}")
-    return spill
-
-
-def _gather_batches(dist: Dist, batches: Activations, n_batches: int) -> Activations:
-    """Every batch on rank 0 (the head stage needs them all); other ranks keep what they have."""
-    if not dist.active or len(batches) == n_batches:
-        return batches
-    mine = {b: k for k, b in enumerate(batches.ids)}
-    out = Activations([{}] * n_batches, list(range(n_batches)), batches.folder, batches.device)
-    owners = [b % dist.world for b in range(n_batches)]
-    for b in range(n_batches):
-        t = dist.broadcast_object(batches.hidden(mine[b]).cpu() if owners[b] == dist.rank else None, src=owners[b])
-        if dist.is_main:
-            out.put(b, t.to(batches.device or "cpu"))
-    return out if dist.is_main else batches
 
 
 def _head_stage(model, config, batches, device, work, result) -> None:

@@ -178,12 +178,15 @@ def save_streamed(model: nn.Module, stream: LayerStream, config, work_dir: Path,
 
     from vq2trt.head import HEAD, quantizes_head
     from vq2trt.io import WEIGHTS_METADATA, checkpoint_tensors, save_quantized
+    from vq2trt.nn import VQLinear
     from vq2trt.quantize import QuantizeResult, _apply_saved, _head_stage, _WorkDir, quantizable_linears
     from vq2trt.tensor_file import SafetensorsWriter
 
     work = _WorkDir(Path(work_dir), None, writer=False)
     stream.load_rest()
-    if quantizes_head(config):   # before config.json is written: it unties a tied head
+    if quantizes_head(config) and not isinstance(model.get_submodule(HEAD), VQLinear):
+        # (quantize() replaced it already unless this is a new process); before config.json is
+        # written, since it unties a tied head
         if not work.done(HEAD):
             raise StreamError(f"{work.path} has no quantized {HEAD}; the quantize run did not complete")
         _head_stage(model, config, [], "cpu", work, QuantizeResult(config=config, keep_weights=False))
