@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_allocate_arguments(q)
     q.add_argument("--stream", action="store_true",
                    help="build the model without weights and load one decoder layer at a time from the folder's "
-                        "(sharded) safetensors: peak memory ~ one layer + the calibration activations")
+                        "(sharded) safetensors or the .gguf file: peak memory ~ one layer + the calibration "
+                        "activations")
     q.add_argument("--max-memory", metavar="SIZE",
                    help="memory for one layer (or the whole model) and the calibration activations, e.g. 24G; "
                         "activations above it are kept in files in the run's work folder")

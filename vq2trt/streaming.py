@@ -3,7 +3,9 @@
 ``load_streamed`` builds the model from its config with no weights (accelerate's
 init_empty_weights; buffers such as the rotary tables stay real), fills the tensors outside the
 decoder layers from the checkpoint, and returns a ``LayerStream`` that loads decoder layer i from the
-(sharded) safetensors when quantize() reaches it and frees it afterwards. Peak memory is one
+(sharded) safetensors or the GGUF file when quantize() reaches it and frees it afterwards. GGUF
+tensors are dequantized one at a time with transformers' own GGUF name map and per-architecture
+processing (e.g. LLaMA's q/k un-permutation), so they equal what transformers loads whole. Peak memory is one
 float32 decoder layer, the tensors outside the layers and the calibration activations
 (vq2trt.activations spills those to disk above a budget).
 
@@ -38,7 +40,7 @@ class SafetensorsSource:
     def __init__(self, folder: str | Path):
         from safetensors import safe_open
 
-        self.folder = Path(folder)
+        self.folder = self.path = Path(folder)
         index = self.folder / INDEX_FILE
         if index.is_file():
             try:
@@ -52,7 +54,7 @@ class SafetensorsSource:
             weight_map, files = None, [SINGLE_FILE]
         else:
             raise StreamError(f"{self.folder} has neither {SINGLE_FILE} nor {INDEX_FILE}; streaming reads "
-                              "safetensors weights (a GGUF file or .bin weights are loaded whole: drop --stream)")
+                              "safetensors weights or a .gguf file (.bin weights are loaded whole: drop --stream)")
         self._handles = {}
         for f in files:
             p = self.folder / f
@@ -81,21 +83,72 @@ class SafetensorsSource:
         return self._handles[self.weight_map[name]].get_tensor(name)
 
 
+class GGUFSource:
+    """The tensors of a GGUF file under their transformers names, dequantized one at a time from the
+    memory-mapped file."""
+
+    def __init__(self, path: Path, model: nn.Module):
+        from gguf import GGUFReader
+        from transformers.modeling_gguf_pytorch_utils import (
+            TENSOR_PROCESSORS,
+            TensorProcessor,
+            get_gguf_hf_weights_map,
+            load_gguf_checkpoint,
+            read_field,
+        )
+
+        self.path = path
+        try:
+            self.reader = GGUFReader(path)
+            self._config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+        except Exception as e:  # gguf raises ValueError/struct errors/etc. on a damaged file
+            raise StreamError(f"{path} is not a readable GGUF file: {type(e).__name__}: {e}") from e
+        arch = read_field(self.reader, "general.architecture")[0]
+        self.processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self._config)
+        self._key_map = get_gguf_hf_weights_map(model, self.processor)     # gguf name: hf name
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self.weight_map = {hf: g for g, hf in self._key_map.items() if g in self._tensors}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def get(self, name: str) -> torch.Tensor:
+        import numpy as np
+        from gguf import dequantize
+
+        if name not in self.weight_map:
+            raise StreamError(f"{self.path}: tensor {name!r} is not in the GGUF file")
+        g = self.weight_map[name]
+        t = self._tensors[g]
+        out = self.processor.process(weights=dequantize(t.data, t.tensor_type), name=g,
+                                     tensor_key_mapping=self._key_map,
+                                     parsed_parameters={"config": self._config, "tensors": {}})
+        if out.name != g:
+            raise StreamError(f"{self.path}: {g} is renamed to {out.name} by transformers' GGUF processing; "
+                              "streaming supports architectures whose tensors map one to one")
+        return torch.from_numpy(np.copy(out.weights))
+
+
 def load_streamed(path: str | Path, dtype: torch.dtype = torch.float32):
-    """``(model, tokenizer, LayerStream)`` for an HF folder: decoder layers on the meta device."""
+    """``(model, tokenizer, LayerStream)`` for an HF folder of safetensors or a .gguf file: decoder
+    layers on the meta device."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from vq2trt.models import _load_tokenizer
 
     path = Path(path)
-    if not path.is_dir():
-        raise StreamError(f"--stream needs an HF model folder (config.json + safetensors); {path} is not a folder")
-    source = SafetensorsSource(path)
+    gguf = path.is_file() and path.suffix.lower() == ".gguf"
+    if not path.is_dir() and not gguf:
+        raise StreamError(f"--stream needs an HF model folder (config.json + safetensors) or a .gguf file; "
+                          f"{path} is neither")
+    source = None if gguf else SafetensorsSource(path)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name) if gguf else \
+            AutoConfig.from_pretrained(path)
     except Exception as e:  # transformers raises several types for a bad config
-        raise StreamError(f"{path / 'config.json'}: not a model configuration transformers knows ({e})") from e
+        where = path if gguf else path / "config.json"
+        raise StreamError(f"{where}: not a model configuration transformers knows ({e})") from e
     try:
         check_config(config)
     except UnsupportedModelError as e:
@@ -104,15 +157,23 @@ def load_streamed(path: str | Path, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.eval()
     model.requires_grad_(False)
+    if gguf:
+        source = GGUFSource(path, model)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception:  # a GGUF without tokenizer metadata: calibration asks for one when it needs it
+            tokenizer = None
+    else:
+        tokenizer = _load_tokenizer(path)
     stream = LayerStream(model, source, dtype)
     stream.load_rest()
-    return model, _load_tokenizer(path), stream
+    return model, tokenizer, stream
 
 
 class LayerStream:
     """Loads and frees the decoder layers (and the rest) of a meta-device model from a source."""
 
-    def __init__(self, model: nn.Module, source: SafetensorsSource, dtype: torch.dtype):
+    def __init__(self, model: nn.Module, source: SafetensorsSource | GGUFSource, dtype: torch.dtype):
         self.model, self.source, self.dtype = model, source, dtype
         self.layers = model.model.layers
         # A freed layer goes back to its meta skeleton: quantize() replaced its Linears.
@@ -125,7 +186,7 @@ class LayerStream:
             full = prefix + name
             value = self.source.get(full)
             if tuple(value.shape) != tuple(t.shape):
-                raise StreamError(f"{self.source.folder}: tensor {full} has shape {list(value.shape)}, "
+                raise StreamError(f"{self.source.path}: tensor {full} has shape {list(value.shape)}, "
                                   f"the model's config expects {list(t.shape)}")
             value = value.to(device=device, dtype=self.dtype if value.is_floating_point() else value.dtype)
             owner_name, _, attr = name.rpartition(".")

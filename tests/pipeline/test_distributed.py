@@ -60,7 +60,8 @@ def setup(tmp_path_factory):
     ["--config", "v2-k16", "--kmeans-iters", "3"],
     ["--config", "v2-k16", "--kmeans-iters", "3", "--stream", "--max-memory", "400K", "--head", "v2-k16",
      "--finetune-steps", "2"],
-], ids=["whole-model", "streamed-spilled-head-finetune"])
+    ["--config", "v2-k16", "--kmeans-iters", "2", "--hessian", "output-aware"],
+], ids=["whole-model", "streamed-spilled-head-finetune", "output-aware"])
 def test_two_ranks_write_the_bytes_of_one_process(setup, tmp_path, extra):
     model, calib = setup
     assert main(_args(model, calib, tmp_path / "one", extra)) == 0

@@ -5,6 +5,7 @@ model loaded whole."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +220,91 @@ def test_tiny_model_helpers_still_match(tmp_path):
     assert len(r.weights) == 14 and r.bits_per_weight == pytest.approx(
         sum(w.stored_bits() for w in r.weights.values()) / sum(w.out_features * w.in_features
                                                                 for w in r.weights.values()))
+
+
+def _tiny_gguf(path, layers=2, hidden=64, inter=96, vocab=128, heads=4, kv_heads=2):
+    """A LLaMA GGUF with random float32/float16 tensors under llama.cpp's names (no tokenizer)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    rng = np.random.default_rng(0)
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(vocab)
+
+    def t(name, shape, dtype=np.float32):
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(dtype))
+    kv = hidden // heads * kv_heads
+    t("token_embd.weight", (vocab, hidden))
+    for i in range(layers):
+        t(f"blk.{i}.attn_norm.weight", (hidden,))
+        t(f"blk.{i}.ffn_norm.weight", (hidden,))
+        t(f"blk.{i}.attn_q.weight", (hidden, hidden), np.float16)   # q/k: transformers un-permutes them
+        t(f"blk.{i}.attn_k.weight", (kv, hidden), np.float16)
+        t(f"blk.{i}.attn_v.weight", (kv, hidden))
+        t(f"blk.{i}.attn_output.weight", (hidden, hidden))
+        t(f"blk.{i}.ffn_gate.weight", (inter, hidden))
+        t(f"blk.{i}.ffn_up.weight", (inter, hidden))
+        t(f"blk.{i}.ffn_down.weight", (hidden, inter))
+    t("output_norm.weight", (hidden,))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_streams_to_the_bytes_of_transformers_whole_load(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    gguf = _tiny_gguf(tmp_path / "tiny.gguf")
+    whole = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=gguf.name, dtype=torch.float32).eval()
+    model, tok, stream = load_streamed(gguf)
+    assert tok is None                                            # this file has no tokenizer metadata
+    ref = whole.state_dict()
+    for i in range(2):
+        stream.load(i)
+    got = {k: v for k, v in model.state_dict().items() if not v.is_meta}
+    assert set(got) == set(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
+    for i in range(2):
+        stream.release(i)
+    config, calib = QuantConfig(**CONFIG), calib_ids(8, 32)
+    whole.requires_grad_(False)
+    quantize(whole, config, calib, device="cpu", progress=False)
+    save_quantized(whole, config, tmp_path / "a")
+    quantize(model, config, calib, work_dir=tmp_path / "w", device="cpu", progress=False, stream=stream)
+    save_streamed(model, stream, config, tmp_path / "w", tmp_path / "b", progress=False)
+    _same_checkpoint(tmp_path / "a", tmp_path / "b")
+
+
+def test_damaged_gguf_is_refused(tmp_path):
+    gguf = _tiny_gguf(tmp_path / "tiny.gguf")
+    data = gguf.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StreamError, match="cut.gguf"):
+        load_streamed(cut)
+
+
+SMOLLM2 = Path.home() / ".cache" / "vq2trt" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SMOLLM2.is_file(), reason=f"needs {SMOLLM2} (make model)")
+def test_smollm2_gguf_layers_stream_as_loaded_whole():
+    model, tok, stream = load_streamed(SMOLLM2)
+    ref = load_model(SMOLLM2)[0].state_dict()
+    for i in (0, len(stream.layers) - 1):
+        stream.load(i)
+    got = {k: v for k, v in model.state_dict().items() if not v.is_meta}
+    assert len(got) == 2 * 9 + 3 and all(torch.equal(v, ref[k]) for k, v in got.items())
+    assert tok is not None and tok("The capital")["input_ids"]
