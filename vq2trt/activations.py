@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -146,16 +147,35 @@ def plan_memory(model, config, calib, batch_size, n_local, stream, dist, max_mem
     else:
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         what = "the whole model"
+    hess = hessian_bytes(model)
     rank = "" if dist.world == 1 else f" per rank ({dist.world} ranks)"
     spill = None
-    if max_memory is not None and weights + act > max_memory:
-        if weights + one_batch > max_memory:
-            raise MemoryBudgetError(f"--max-memory {gib(max_memory)} is less than {what} ({gib(weights)}) plus one "
-                                    f"calibration batch ({gib(one_batch)}); raise it"
+    if max_memory is not None and weights + hess + act > max_memory:
+        if weights + hess + one_batch > max_memory:
+            raise MemoryBudgetError(f"--max-memory {gib(max_memory)} is less than {what} ({gib(weights)}) plus its "
+                                    f"Hessians ({gib(hess)}) plus one calibration batch ({gib(one_batch)}); raise it"
                                     + ("" if stream is not None else " or add --stream"))
         base = work_path if work_path is not None else Path(tempfile.mkdtemp(prefix="vq2trt-act-"))
         spill = base / f"activations-rank{dist.rank}"
+        if spill.exists():                      # a killed run's files: this run writes its own
+            shutil.rmtree(spill)
     where = f"on disk in {spill}" if spill is not None else "in memory"
-    log(f"memory{rank}: {what} {gib(weights)} + calibration activations {gib(act)} ({rows} x {calib.shape[1]} "
-        f"tokens, {copies} copies) {where}")
+    log(f"memory{rank}: {what} {gib(weights)} + Hessians {gib(hess)} + calibration activations {gib(act)} "
+        f"({rows} x {calib.shape[1]} tokens, {copies} copies) {where}")
     return spill
+
+
+def hessian_bytes(model) -> int:
+    """Peak bytes of one layer's Hessians: a K x K int64 sum per distinct Linear input (the inputs of
+    each block's Linears before its output projection are one; the output projection has its own)
+    and four float64 K x K working copies of the largest while it is quantized (H, its damped copy,
+    the Cholesky factor and the inverse factor)."""
+    from vq2trt.families import family_for
+
+    layer = model.model.layers[0]
+    ks = []
+    for block, names in family_for(model.config).projections.items():
+        sub = getattr(layer, block)
+        lins = [getattr(sub, n) for n in names]
+        ks += [lins[0].in_features, lins[-1].in_features] if len(lins) > 1 else [lins[0].in_features]
+    return sum(k * k * 8 for k in ks) + 4 * max(ks) ** 2 * 8
