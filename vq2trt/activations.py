@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 _counter = itertools.count()
 
@@ -148,28 +149,45 @@ def plan_memory(model, config, calib, batch_size, n_local, stream, dist, max_mem
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         what = "the whole model"
     hess = hessian_bytes(model)
+    work_set = quantizer_bytes(model)
     rank = "" if dist.world == 1 else f" per rank ({dist.world} ranks)"
     spill = None
-    if max_memory is not None and weights + hess + act > max_memory:
-        if weights + hess + one_batch > max_memory:
+    fixed = weights + hess + work_set
+    if max_memory is not None and fixed + act > max_memory:
+        if fixed + one_batch > max_memory:
             raise MemoryBudgetError(f"--max-memory {gib(max_memory)} is less than {what} ({gib(weights)}) plus its "
-                                    f"Hessians ({gib(hess)}) plus one calibration batch ({gib(one_batch)}); raise it"
+                                    f"Hessians ({gib(hess)}), quantizing its largest Linear (about {gib(work_set)}) "
+                                    f"and one calibration batch ({gib(one_batch)}); raise it"
                                     + ("" if stream is not None else " or add --stream"))
         base = work_path if work_path is not None else Path(tempfile.mkdtemp(prefix="vq2trt-act-"))
         spill = base / f"activations-rank{dist.rank}"
         if spill.exists():                      # a killed run's files: this run writes its own
             shutil.rmtree(spill)
     where = f"on disk in {spill}" if spill is not None else "in memory"
-    log(f"memory{rank}: {what} {gib(weights)} + Hessians {gib(hess)} + calibration activations {gib(act)} "
-        f"({rows} x {calib.shape[1]} tokens, {copies} copies) {where}")
+    log(f"memory{rank}: {what} {gib(weights)} + Hessian sums {gib(hess)} + quantizing the largest Linear "
+        f"~{gib(work_set)} + calibration activations {gib(act)} ({rows} x {calib.shape[1]} tokens, {copies} "
+        f"copies) {where}")
     return spill
 
 
+# The VPTQ loop's transient memory on CPU, fitted to peak RssAnon around vptq_quantize for v4-k256 at
+# 1024-4096 rows and columns (benchmarks/RESULTS.md, "Quantizing models larger than memory"): float64
+# copies of W and its error (~69 B per weight) and of H and its factors (~44 B per K x K entry).
+# An estimate, high by ~25% at 4096 x 4096; residual and outlier codebooks add to it.
+_WORK_PER_WEIGHT, _WORK_PER_HESSIAN_ENTRY = 69, 44
+
+
+def quantizer_bytes(model) -> int:
+    """About how much memory quantizing the layer's largest Linear takes beyond its Hessian sum."""
+    layer = model.model.layers[0]
+    lins = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+    return max(_WORK_PER_WEIGHT * m.in_features * m.out_features + _WORK_PER_HESSIAN_ENTRY * m.in_features ** 2
+               for m in lins)
+
+
 def hessian_bytes(model) -> int:
-    """Peak bytes of one layer's Hessians: a K x K int64 sum per distinct Linear input (the inputs of
-    each block's Linears before its output projection are one; the output projection has its own)
-    and four float64 K x K working copies of the largest while it is quantized (H, its damped copy,
-    the Cholesky factor and the inverse factor)."""
+    """Bytes of one layer's Hessian sums: a K x K int64 sum per distinct Linear input (the inputs of
+    each block's Linears before its output projection are one; the output projection has its own)."""
     from vq2trt.families import family_for
 
     layer = model.model.layers[0]
@@ -178,4 +196,4 @@ def hessian_bytes(model) -> int:
         sub = getattr(layer, block)
         lins = [getattr(sub, n) for n in names]
         ks += [lins[0].in_features, lins[-1].in_features] if len(lins) > 1 else [lins[0].in_features]
-    return sum(k * k * 8 for k in ks) + 4 * max(ks) ** 2 * 8
+    return sum(k * k * 8 for k in ks)

@@ -58,7 +58,7 @@ def setup(tmp_path_factory):
 
 @pytest.mark.parametrize("extra", [
     ["--config", "v2-k16", "--kmeans-iters", "3"],
-    ["--config", "v2-k16", "--kmeans-iters", "3", "--stream", "--max-memory", "900K", "--head", "v2-k16",
+    ["--config", "v2-k16", "--kmeans-iters", "3", "--stream", "--max-memory", "1400K", "--head", "v2-k16",
      "--finetune-steps", "2"],
     ["--config", "v2-k16", "--kmeans-iters", "2", "--hessian", "output-aware"],
 ], ids=["whole-model", "streamed-spilled-head-finetune", "output-aware"])
