@@ -21,8 +21,9 @@ How it is extrapolated (assumptions, printed with the table):
   * At fixed K, vptq_quantize costs a(K) + b(K) N: per-column work (nearest centroid for N/v
     vectors, the GPTQ-style error feedback, the proxy error's N x K x K products) is linear in N;
     the K x K Hessian work (permutation, damping, Cholesky, inverse) and k-means (capped at
-    kmeans_max_vectors sampled vectors) do not depend on N. Checked: a and b are fitted on the two
-    smallest N of the largest fully measured K and the largest N is predicted, then compared.
+    kmeans_max_vectors sampled vectors) do not depend on N. a and b of a measured K come from its
+    two largest N (the marginal cost per row where W no longer fits in cache); checked by fitting
+    the two smallest N and predicting the largest, printed for every K with three N.
   * Over K: a(K) = A K^3 + B K + C (dense Cholesky/inverse; per-column overhead; k-means) and
     b(K) = D K + E K^2 (nearest search and feedback; the N x K x K products), coefficients
     non-negative, fitted on the --fit-k values and checked against the --check-k measurement.
@@ -56,7 +57,7 @@ import numpy as np
 import torch
 
 LLAMA3_70B = dict(hidden=8192, intermediate=28672, q_out=8192, kv_out=1024, layers=80)
-DEFAULT_PLAN = "2048:1024,2048;4096:1024,2048;8192:1024,2048,4096;12288:1024"
+DEFAULT_PLAN = "2048:1024,2048,4096;4096:1024,2048,4096;8192:1024,2048,4096;12288:1024"
 
 
 def cpu_label() -> str:
@@ -208,20 +209,20 @@ def main() -> int:
 
     # ---- fits
     def ab(K, ns=None):
-        ns = sorted(n for k, n in vptq if k == K) if ns is None else ns
+        ns = sorted(n for k, n in vptq if k == K)[-2:] if ns is None else ns
         if len(ns) < 2:
             return None
         X = np.array([[1.0, n] for n in ns])
         y = np.array([vptq[(K, n)]["s"] for n in ns])
         return nnls_fit(X, y)                                              # [a, b]
 
-    lin_k = max((k for k in plan if len(plan[k]) >= 3), default=None)
-    lin_check = None
-    if lin_k is not None:
+    lin_checks = []
+    for lin_k in sorted(k for k in plan if len(plan[k]) >= 3):
         ns = sorted(plan[lin_k])
         c = ab(lin_k, ns[:2])
         pred = c[0] + c[1] * ns[-1]
-        lin_check = (lin_k, ns[:2], ns[-1], pred, vptq[(lin_k, ns[-1])]["s"])
+        per_row = [(vptq[(lin_k, n1)]["s"] - vptq[(lin_k, n0)]["s"]) / (n1 - n0) for n0, n1 in zip(ns, ns[1:])]
+        lin_checks.append((lin_k, ns, pred, vptq[(lin_k, ns[-1])]["s"], per_row))
     coef = {k: ab(k) for k in plan if ab(k) is not None}
     fk = [k for k in fit_k if k in coef]
     if not fk:
@@ -254,8 +255,8 @@ def main() -> int:
         if (K, N) in vptq:
             return "measured"
         if K in coef:
-            ns = sorted(n for k, n in vptq if k == K)
-            return f"a + b*N fitted at K={K}, N={','.join(map(str, ns))}"
+            ns = sorted(n for k, n in vptq if k == K)[-2:]
+            return f"a + b*N through N={','.join(map(str, ns))} at K={K}"
         return f"over-K model fitted at K={','.join(map(str, fk))}"
 
     per_layer_vptq = sum(model(N, K) for _, N, K in linears)
@@ -281,10 +282,10 @@ def main() -> int:
         print(f"| vptq_quantize | {N} x {K} | {r['s']:.1f} | {r['km']:.1f} | {r['peak'] / 2**20:,.0f} MiB | "
               f"{r['peak'] / (K * K * 8):.1f} |")
     print()
-    if lin_check:
-        k, ns, n, pred, got = lin_check
-        print(f"linearity in N at K={k}: a + b*N fitted on N={ns[0]},{ns[1]} predicts {pred:.1f} s at N={n}, "
-              f"measured {got:.1f} s ({pred / got - 1:+.0%})")
+    for k, ns, pred, got, per_row in lin_checks:
+        steps = ", ".join(f"{n0}->{n1}: {r * 1e3:.2f}" for n0, n1, r in zip(ns, ns[1:], per_row))
+        print(f"linearity in N at K={k}: a + b*N through N={ns[0]},{ns[1]} predicts {pred:.1f} s at N={ns[-1]}, "
+              f"measured {got:.1f} s ({pred / got - 1:+.0%}); ms per extra row {steps}")
     print(f"over-K fit: a(K) = {a_fit[0]:.3e} K^3 + {a_fit[1]:.3e} K + {a_fit[2]:.2f} s; "
           f"b(K) = {b_fit[0]:.3e} K + {b_fit[1]:.3e} K^2 s per row")
     for k in sorted(coef):
@@ -317,13 +318,16 @@ def main() -> int:
     print(f"| **80 decoder layers** | | | | **{80 * total:,.0f}** ({fmt_s(80 * total)}) | VPTQ "
           f"{fmt_s(80 * per_layer_vptq)}, Hessians {fmt_s(80 * per_layer_h)}, forward {fmt_s(80 * fwd)} |")
     print()
-    print("Assumptions: vptq_quantize = a(K) + b(K) N (linear in rows at fixed K); over K, a = A K^3 + B K + C and "
+    print("Assumptions: vptq_quantize = a(K) + b(K) N (linear in rows at fixed K, slope from the two largest N "
+          "measured); over K, a = A K^3 + B K + C and "
           "b = D K + E K^2 (non-negative fit), used only for down_proj's K = 28672; add_batch = c K^2 at "
           f"{a.batch_tokens} tokens; {a.calib_batches} calibration batches per layer; forward estimated, not timed; "
           "no fine-tuning, distillation or I/O; single process on this CPU.")
+    k_top = max(k for k, _ in vptq)
+    ratio = max(r["peak"] / (k * k * 8) for (k, _), r in vptq.items() if k == k_top)
     print(f"down_proj's K = {f}: H alone is {f * f * 8 / 2**30:.1f} GiB float64 (the accumulator's int64 sum as "
-          f"much); at the peak ratio measured above vptq_quantize would need ~"
-          f"{max(r['peak'] / (k * k * 8) for (k, _), r in vptq.items()) * f * f * 8 / 2**30:.0f} GiB.")
+          f"much); at the peak ratio measured at K={k_top} ({ratio:.1f} x K x K x 8 bytes above the level before the "
+          f"call) vptq_quantize would need ~{ratio * f * f * 8 / 2**30:.0f} GiB more.")
     print(f"benchmark wall time {time.perf_counter() - t_all:.0f} s")
     return 0
 

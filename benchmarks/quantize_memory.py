@@ -13,8 +13,8 @@ What it does (everything under --work, default out/quantize-memory):
 2. Runs `vq2trt quantize FOLDER` as a child process loaded whole, with --stream, and with
    --stream --max-memory --smol-budget, all with the same --args, and compares each streamed run's
    model.safetensors byte for byte with the whole run's. A budget of "auto" is the smallest quantize
-   accepts (one layer + its Hessians as vq2trt.activations.hessian_bytes estimates them + one
-   calibration batch) plus half the rest of the activations: quantize must spill, and can.
+   accepts (one layer + its Hessians and quantizer working set as vq2trt.activations estimates
+   them + one calibration batch) plus half the rest of the activations: quantize must spill, and can.
 3. Writes a random LLaMA (--synth-hidden/--synth-intermediate/--synth-layers, vocab = the SmolLM2
    tokenizer's, tied embeddings; default ~1 GiB as float32) shard by shard, one layer's tensors
    generated at a time from a seeded torch.Generator, so this process never holds the model; then
@@ -234,18 +234,18 @@ def auto_budget(folder: Path, args: str) -> tuple[int, str]:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(cfg)
     layer = sum(t.numel() for t in model.model.layers[0].state_dict().values()) * 4
-    try:
-        from vq2trt.activations import hessian_bytes
-        hess = hessian_bytes(model)
-    except ImportError:                                      # a vq2trt whose plan has no Hessian term
-        hess = 0
+    # The plan's per-layer terms, as far as this vq2trt has them: Hessian sums, the largest Linear's
+    # quantizer working set (vq2trt.activations.plan_memory adds both to the layer).
+    import vq2trt.activations as act_mod
+    hess = sum(getattr(act_mod, f)(model) for f in ("hessian_bytes", "quantizer_bytes") if hasattr(act_mod, f))
     batch = min(8, known.samples)                            # quantize()'s batch_size
     one = activation_bytes(batch, known.seqlen, cfg.hidden_size, torch.float32, 2)
     act = activation_bytes(known.samples, known.seqlen, cfg.hidden_size, torch.float32, 2)
     if act <= one:
         raise SystemExit(f"auto budget: {known.samples} samples are one batch; nothing to spill (use --samples > 8)")
     budget = layer + hess + (one + act) // 2
-    why = (f"auto = layer {mib(layer)} + Hessians {mib(hess)} + (one batch {mib(one)} + activations {mib(act)}) / 2")
+    why = (f"auto = layer {mib(layer)} + Hessians and quantizer working set {mib(hess)} + (one batch {mib(one)} "
+           f"+ activations {mib(act)}) / 2")
     return budget, why
 
 
