@@ -170,11 +170,12 @@ def plan_memory(model, config, calib, batch_size, n_local, stream, dist, max_mem
     return spill
 
 
-# The VPTQ loop's transient memory on CPU, fitted to peak RssAnon around vptq_quantize for v4-k256 at
-# 1024-4096 rows and columns (benchmarks/RESULTS.md, "Quantizing models larger than memory"): float64
-# copies of W and its error (~69 B per weight) and of H and its factors (~44 B per K x K entry).
-# An estimate, high by ~25% at 4096 x 4096; residual and outlier codebooks add to it.
-_WORK_PER_WEIGHT, _WORK_PER_HESSIAN_ENTRY = 69, 44
+# The VPTQ loop's transient memory on CPU, fitted to the peak RSS above start of vptq_quantize
+# (v4-k256, benchmarks/layer_cost.py and RESULTS.md "Quantizing models larger than memory") from
+# 1024 x 1024 to 1024 x 12288: about 7 float64 K x K copies of H and its factors (58 B per entry),
+# copies of W and its error (up to 40 B per weight). Within -35%..+30% on the shapes measured, and
+# some 60 MiB low on the smallest, where fixed costs dominate; residual and outlier codebooks add to it.
+_WORK_PER_WEIGHT, _WORK_PER_HESSIAN_ENTRY = 40, 58
 
 
 def quantizer_bytes(model) -> int:

@@ -55,32 +55,45 @@ class SafetensorsSource:
         else:
             raise StreamError(f"{self.folder} has neither {SINGLE_FILE} nor {INDEX_FILE}; streaming reads "
                               "safetensors weights or a .gguf file (.bin weights are loaded whole: drop --stream)")
-        self._handles = {}
+        keys = {}
         for f in files:
             p = self.folder / f
             if not p.is_file():
                 raise StreamError(f"{index}: shard {f} is missing from {self.folder}")
             try:
-                self._handles[f] = safe_open(str(p), framework="pt")
+                with safe_open(str(p), framework="pt") as h:
+                    keys[f] = set(h.keys())
             except Exception as e:  # safetensors raises its own error type for a damaged header
                 raise StreamError(f"{p} is not a readable safetensors file: {e}") from e
         if weight_map is None:
-            weight_map = {k: SINGLE_FILE for k in self._handles[SINGLE_FILE].keys()}
+            weight_map = dict.fromkeys(keys[SINGLE_FILE], SINGLE_FILE)
         else:
-            for f, h in self._handles.items():
+            for f, have in keys.items():
                 listed = {k for k, v in weight_map.items() if v == f}
-                if not listed <= set(h.keys()):
+                if not listed <= have:
                     raise StreamError(f"{self.folder / f} lacks tensors its index lists, e.g. "
-                                      f"{sorted(listed - set(h.keys()))[:3]}")
+                                      f"{sorted(listed - have)[:3]}")
         self.weight_map: dict[str, str] = weight_map
+        self._open: tuple[str, object] | None = None       # (shard, handle) read last
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
 
     def get(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
         if name not in self.weight_map:
             raise StreamError(f"{self.folder}: tensor {name!r} is not in the checkpoint")
-        return self._handles[self.weight_map[name]].get_tensor(name)
+        f = self.weight_map[name]
+        if self._open is None or self._open[0] != f:
+            self.drop_pages()
+            self._open = (f, safe_open(str(self.folder / f), framework="pt"))
+        return self._open[1].get_tensor(name)
+
+    def drop_pages(self) -> None:
+        """Unmap the shard read last: its touched pages would otherwise stay in the process's RSS
+        until every shard had been read once (the whole checkpoint)."""
+        self._open = None
 
 
 class GGUFSource:
@@ -111,6 +124,15 @@ class GGUFSource:
 
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
+
+    def drop_pages(self) -> None:
+        """Give back the pages of the memory-mapped file read so far (they are re-read on demand):
+        otherwise every layer read stays in the process's RSS."""
+        import mmap
+
+        m = getattr(self.reader.data, "_mmap", None)
+        if m is not None and hasattr(m, "madvise"):
+            m.madvise(mmap.MADV_DONTNEED)
 
     def get(self, name: str) -> torch.Tensor:
         import numpy as np
@@ -202,6 +224,7 @@ class LayerStream:
 
     def release(self, i: int) -> None:
         self.layers[i] = copy.deepcopy(self._skeletons[i])
+        self.source.drop_pages()
 
     def load_rest(self, device="cpu") -> None:
         """Every tensor outside the decoder layers (embeddings, final norm, lm_head)."""
