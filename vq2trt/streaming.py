@@ -225,6 +225,7 @@ class LayerStream:
     def release(self, i: int) -> None:
         self.layers[i] = copy.deepcopy(self._skeletons[i])
         self.source.drop_pages()
+        _trim_heap()
 
     def load_rest(self, device="cpu") -> None:
         """Every tensor outside the decoder layers (embeddings, final norm, lm_head)."""
@@ -296,3 +297,25 @@ def save_streamed(model: nn.Module, stream: LayerStream, config, work_dir: Path,
             raise
 
     return save_quantized(model, config, out_dir, tokenizer=tokenizer, overwrite=overwrite, write_tensors=write)
+
+
+def _trim_heap() -> None:
+    """Return the freed heap to the system after a layer. glibc keeps freed blocks below its mmap
+    threshold (which grows to 32 MiB as large tensors are freed), so without this a streamed run's
+    resident memory stayed at ~2x its baseline after the first layer (measured: 1.2 GiB against
+    570 MiB with it, RESULTS.md). Nothing happens where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+        except OSError:
+            _LIBC = False
+    if _LIBC and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
