@@ -47,39 +47,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import sys
 import threading
 import time
 
 import numpy as np
 import torch
+from machine import cpu_label  # benchmarks/machine.py: scripts run as benchmarks/NAME.py
 
 LLAMA3_70B = dict(hidden=8192, intermediate=28672, q_out=8192, kv_out=1024, layers=80)
 DEFAULT_PLAN = "2048:1024,2048,4096;4096:1024,2048,4096;8192:1024,2048,4096;12288:1024"
-
-
-def cpu_label() -> str:
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
-        isa = "AVX-512" + "".join(f"+{x}" for x, f in (("VNNI", "avx512_vnni"), ("VBMI", "avx512vbmi"),
-                                                        ("BF16", "avx512_bf16")) if f in flags)
-    elif "avx2" in flags:
-        isa = "AVX2" + ("+FMA" if "fma" in flags else "")
-    elif "asimd" in flags or platform.machine() in ("aarch64", "arm64"):
-        isa = "NEON"
-    else:
-        isa = "scalar"
-    return f"{name}, {isa}, {os.cpu_count()} logical CPUs"
 
 
 class PeakRSS:

@@ -133,7 +133,7 @@ def _check_scaled_run(a: argparse.Namespace, config, dist) -> None:
     if a.target_bits is not None or a.candidates:
         raise ConfigError(f"--target-bits allocation is not available with {how}; allocate once without it "
                           "and pass the written config (configs/README.md) with --config")
-    if a.stream and (config.method != "vptq"):
+    if a.stream and config.method != "vptq":
         raise ConfigError(f"--stream writes VQ checkpoints; method {config.method!r} is saved as a float model, "
                           "which needs it whole")
 
@@ -298,8 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(sharded) safetensors or the .gguf file: peak memory ~ one layer + the calibration "
                         "activations")
     q.add_argument("--max-memory", metavar="SIZE",
-                   help="memory for one layer (or the whole model) and the calibration activations, e.g. 24G; "
-                        "activations above it are kept in files in the run's work folder")
+                   help="budget for one layer (or the whole model), its Hessians, quantizing its largest Linear "
+                        "and the calibration activations, e.g. 24G; above it the activations are kept in files in "
+                        "the run's work folder (a planning budget: the interpreter and embeddings come on top)")
     add_run_arguments(q, "discard finished layers of an interrupted run")
     q.set_defaults(func=cmd_quantize)
 
