@@ -30,6 +30,16 @@ constexpr double kPrefillDecodeRelTol = 1e-4;
 
 int failures = 0;
 
+// Whether AVX2 and AVX-512 put the same parts on the int8 route at level 4 (prepack.cpp): AVX-512
+// takes up to 9-bit indices, AVX2 up to 4 bits and, with v = 4, up to 8.
+bool same_int8_parts(const VQGemmDims& d) {
+  auto same = [](int64_t v, int64_t k) {
+    const int b = index_bits(k);
+    return b <= 4 || (b <= 8 && v == 4) || b > 9;
+  };
+  return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
+}
+
 void compare(const char* what, const std::vector<float>& got, const std::vector<float>& ref, double tol) {
   double rms = 0, err = 0;
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -66,8 +76,8 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
       for (int level : {0, 4}) {
         PrepackedPtr p = prepack(w.desc, level, isa);
         vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
-        // int8 routes exist on x86 only (AVX2: only parts with k <= 16, and only for decode)
-        const bool int8 = level == 4 && (isa == Isa::kAvx512 || (isa == Isa::kAvx2 && M <= 8));
+        // int8 routes exist on x86 only (AVX2: parts with k <= 16, and v = 4 parts with k <= 256)
+        const bool int8 = level == 4 && (isa == Isa::kAvx512 || isa == Isa::kAvx2);
         const std::string what = std::string(name) + " M=" + std::to_string(M) + " isa=" + isa_name(isa) +
                                  " level=" + std::to_string(level);
         compare(what.c_str(), y, ref, int8 ? kInt8RelTol : kFloatRelTol);
@@ -82,6 +92,17 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
       for (int64_t m = 0; m < M; ++m) vq_gemm(*p, DType::kFloat32, x.data() + m * d.K, 1, yd.data() + m * d.N);
       const std::string what = std::string(name) + " M=" + std::to_string(M) + " level-4 prefill vs decode";
       compare(what.c_str(), y, yd, kPrefillDecodeRelTol);
+    }
+    // Level 4 on AVX2 (prefill: int16 products, prefill_int8_avx2.cpp; decode of 256-entry
+    // tables: gathers, decode_int8_avx2.cpp) against AVX-512's where both put the same parts on
+    // the int8 route: same quantized x and tables, so float32 rounding apart.
+    if (native_isa(Isa::kAvx512) == Isa::kAvx512 && same_int8_parts(d)) {
+      PrepackedPtr p2 = prepack(w.desc, 4, Isa::kAvx2), p5 = prepack(w.desc, 4, Isa::kAvx512);
+      std::vector<float> y5(y.size());
+      vq_gemm(*p2, DType::kFloat32, x.data(), M, y.data());
+      vq_gemm(*p5, DType::kFloat32, x.data(), M, y5.data());
+      const std::string what = std::string(name) + " M=" + std::to_string(M) + " level-4 avx2 vs avx512";
+      compare(what.c_str(), y, y5, kPrefillDecodeRelTol);
     }
     // Half and bfloat16 activations: inputs rounded first, so the reference sees the same X.
     for (DType t : {DType::kFloat16, DType::kBFloat16}) {
@@ -137,6 +158,10 @@ int main() {
       {101, 200, 6, 4, 256, 3, 256, 4, 256, true, true},
       {70, 150, 5, 4, 256, 2, 16, 2, 256, false, true},
       {90, 300, 8, 4, 256, 1, 0, 3, 16, true, false},
+      // AVX2 decode (decode_int8_avx2.cpp, 4 vector rows a pass): 7-bit indices (unpacked), an
+      // int8 tail of 2 blocks ending in a partial 8-column group, N cutting a pass.
+      {30, 333, 0, 4, 100, 1, 0, 0, 0, false, true},
+      {26, 389, 0, 4, 256, 1, 0, 0, 0, true, false},
   };
   for (const auto& d : v4k256) check_weight(rng, d, {1, 2, 3, 4, 5, 6, 7, 8, 13});
   // Prefill (M > 8: the float path, except level 4 on AVX-512): parts longer than the 256-column
@@ -164,6 +189,11 @@ int main() {
       {37, 400, 0, 1, 256, 1, 0, 0, 0, false, true},
       {40, 700, 4, 3, 512, 1, 0, 2, 256, true, true},
       {50, 333, 0, 4, 400, 2, 0, 0, 0, false, false},
+      // AVX2's int16 prefill (prefill_int8_avx2.cpp: passes of 4 vector rows by 4 activation
+      // rows, 256-column tiles): a 4-bit residual (split order) on several blocks, 7-bit indices
+      // not byte aligned (unpacked), N cutting a pass.
+      {60, 800, 0, 4, 256, 2, 16, 0, 0, true, false},
+      {44, 520, 0, 4, 100, 1, 0, 0, 0, false, true},
   };
   for (const auto& d : prefill4) check_weight(rng, d, {9, 11, 16, 21, 29, 64});
   // Random formats.

@@ -16,7 +16,9 @@ namespace {
 
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
-void unpack_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
+}  // namespace
+
+void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                   bool split, uint8_t* out) {
   if (split) {  // 4-bit, byte aligned: low nibbles then high nibbles of each 64 packed bytes
     const uint8_t* bytes = reinterpret_cast<const uint8_t*>(row) + skip / 8;
@@ -41,6 +43,8 @@ void unpack_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, in
   unpack_generic(row, words, skip, bits, count, out);
   std::memset(out + count, 0, size_t(nblk * 64 - count));
 }
+
+namespace {
 
 template <int JV>
 void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, const int8_t* xq, int64_t xq_stride,
@@ -89,7 +93,7 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
   uint8_t* idx = reinterpret_cast<uint8_t*>(scratch);
   float* sums = scratch + (nblk * 64) / 4 + 16;
   for (int64_t r = n0 / v; r * v < n1; ++r) {
-    unpack_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits,
+    unpack_index_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits,
                  pt.count, nblk, pt.split4, idx);
     for (int64_t jc = 0; jc < v; jc += 4) {
       const int64_t nb = r * v + jc, jv = lo(4, v - jc);

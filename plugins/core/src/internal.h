@@ -26,7 +26,8 @@ struct Part {
   // v = 3 only: the table again with rows padded to 4 floats, so that decode loads one 16-byte row
   // per index and does one 4-lane multiply-add (the 3-wide table went through a scalar loop).
   std::vector<float> ftab4;
-  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 9, AVX2 with bits <= 4): per
+  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 9; AVX2 with bits <= 4, and
+  // v = 4 with bits <= 8): per
   // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
   // halves, 512 for two of those) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
   // multiplies u8 by s8; the +128 is subtracted once per x block. Centering on the midrange uses
@@ -43,12 +44,20 @@ struct Part {
   // nibbles (even columns), then the 64 high nibbles (odd columns); the segment's activations
   // are stored in the same order, so the kernel needs no interleaving shuffle.
   bool split4 = false;
+  // AVX2 int8 route, v = 4 only: the byte tables as whole centroids, [qentries, 4] int16 holding
+  // qtab - 128 (prefill_int8_avx2.cpp loads a centroid's 4 weights with one 8-byte load).
+  std::vector<int16_t> wtab16;
+  // The same centroids as 4 signed bytes in one int32, [qentries] (decode_int8_avx2.cpp gathers
+  // 8 of them at once).
+  std::vector<int32_t> wtab8;
   // Raw views of the vectors above: the ISA files must not call std::vector members.
   const float* ft = nullptr;
   const float* ft4 = nullptr;   // ftab4, or null
   const uint8_t* qt = nullptr;
   const float* qs = nullptr;
   const float* qc = nullptr;
+  const int16_t* w16 = nullptr;  // wtab16, or null
+  const int32_t* w8 = nullptr;   // wtab8, or null
 };
 
 // A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64). It
@@ -133,6 +142,19 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
 // As part_float for a part with v = 4 and byte-aligned 8-bit indices: the same float32 products,
 // summed in another order (decode_avx2.cpp).
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
+// As avx512::part_int8_prefill for v = 4 parts with w16 (prefill_int8_avx2.cpp): x16 is the
+// quantized x widened to int16 and interleaved by column pairs, [xq_bytes / 2, M, 2], from the
+// part's segment on (element byte_offset · M).
+void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
+                       const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
+                       int64_t n1, float* scratch);
+// As part_int8 for v = 4 parts with w8 and 5- to 8-bit indices, M <= 8 (decode_int8_avx2.cpp).
+void part_int8_v4(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+                  const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
+                  int64_t n1, float* scratch);
+// As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).
+void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
+                        bool split, uint8_t* out);
 }  // namespace avx2
 
 namespace avx512 {

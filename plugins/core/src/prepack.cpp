@@ -84,10 +84,12 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
     for (int64_t i = 0; i < k; ++i)
       for (int64_t j = 0; j < 3; ++j) p.ftab4[size_t(i * 4 + j)] = p.ftab[size_t(i * 3 + j)];
   }
-  // Byte tables: the AVX-512 route takes up to 512 entries, the AVX2 one (vpshufb) 16.
-  if ((int8 == Isa::kAvx512 && p.bits <= 9) || (int8 == Isa::kAvx2 && p.bits <= 4)) {
+  // Byte tables: the AVX-512 route takes up to 512 entries; the AVX2 one 16 (vpshufb, any v) and,
+  // for v = 4, 256 (prefill only, from the int16 centroid table below).
+  const bool avx2_int8 = int8 == Isa::kAvx2 && (p.bits <= 4 || (p.bits <= 8 && v == 4));
+  if ((int8 == Isa::kAvx512 && p.bits <= 9) || avx2_int8) {
     p.int8 = true;
-    p.qentries = int8 == Isa::kAvx2 ? 16 : p.bits <= 6 ? 64 : p.bits <= 8 ? 256 : 512;
+    p.qentries = int8 == Isa::kAvx2 ? (p.bits <= 4 ? 16 : 256) : p.bits <= 6 ? 64 : p.bits <= 8 ? 256 : 512;
     p.qtab.assign(size_t(v * p.qentries), 128);  // 128 = weight 0 for the unused entries
     p.qscale.assign(size_t(v), 1.f);
     p.qcenter.assign(size_t(v), 0.f);
@@ -108,9 +110,17 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
         p.qtab[size_t(j * p.qentries + i)] = uint8_t(int(std::clamp(q, -127.f, 127.f)) + 128);
       }
     }
-    p.qt = p.qtab.data();
-    p.qs = p.qscale.data();
-    p.qc = p.qcenter.data();
+    if (int8 == Isa::kAvx2 && v == 4) {
+      p.wtab16.resize(size_t(4 * p.qentries));
+      for (int64_t i = 0; i < p.qentries; ++i)
+        for (int64_t j = 0; j < 4; ++j) p.wtab16[size_t(4 * i + j)] = int16_t(p.qtab[size_t(j * p.qentries + i)] - 128);
+      p.wtab8.resize(size_t(p.qentries));
+      for (int64_t i = 0; i < p.qentries; ++i) {
+        uint32_t w = 0;
+        for (int64_t j = 0; j < 4; ++j) w |= uint32_t(uint8_t(p.qtab[size_t(j * p.qentries + i)] ^ 0x80)) << (8 * j);
+        p.wtab8[size_t(i)] = int32_t(w);
+      }
+    }
   }
   return p;
 }
@@ -175,6 +185,8 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     pt.qtab.clear();
     pt.qscale.clear();
     pt.qcenter.clear();
+    pt.wtab16.clear();
+    pt.wtab8.clear();
     push(std::move(pt));
     if (hn < tail.count) {
       tail.col0 += hn;
@@ -211,6 +223,8 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     q.qt = q.int8 ? q.qtab.data() : nullptr;
     q.qs = q.int8 ? q.qscale.data() : nullptr;
     q.qc = q.int8 ? q.qcenter.data() : nullptr;
+    q.w16 = q.int8 && !q.wtab16.empty() ? q.wtab16.data() : nullptr;
+    q.w8 = q.int8 && !q.wtab8.empty() ? q.wtab8.data() : nullptr;
   }
   p.max_count = 0;
   for (const Part& q : p.parts) p.max_count = std::max(p.max_count, q.count);

@@ -26,8 +26,8 @@ void ParallelFor::operator()(TaskFn fn, size_t n_tasks, void* arg) const {
 namespace {
 
 // Up to this many activation rows the int8 route runs the decode kernels (a lookup per output
-// row and activation row); beyond, AVX-512 runs the prefill kernel (lookups once per output row,
-// reused by every activation row) and AVX2 the float path (see prefill_int8_avx512.cpp).
+// row and activation row); beyond, the prefill kernels (lookups once per output row, reused by
+// every activation row: prefill_int8_avx512.cpp, and prefill_int8_avx2.cpp for v = 4 parts).
 constexpr int64_t kMaxInt8Rows = 8;
 
 struct Call {
@@ -38,6 +38,7 @@ struct Call {
   const float* sx;            // [M, xq_blocks]
   const float* corr;          // [M, segments]
   const float* xsum;          // [M, segments]: Σ x' over the segment, float32
+  const int16_t* x16;         // [xq_bytes / 2, M, 2]: xq widened (AVX2 prefill), or null
   bool use_int8;
   float* y;                   // [M, N]
 };
@@ -84,23 +85,30 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
+  auto int8_here = [&](const Part& q) { return c.use_int8 && q.int8; };
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
 #if VQ2TRT_X86
       const Segment& s = p.segments[size_t(q.segment)];
-      if (c.M > kMaxInt8Rows)  // AVX-512 only (use_int8)
+      if (c.M > kMaxInt8Rows && p.isa == Isa::kAvx512)
         return avx512::part_int8_prefill(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                          c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
+      if (c.M > kMaxInt8Rows && q.w16)
+        return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * c.M, c.sx + s.block_offset, p.xq_blocks,
+                                       c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
+      if (p.isa == Isa::kAvx2 && q.w8 && q.qentries > 16)
+        return avx2::part_int8_v4(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
+                                  c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
                         p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
 #else
       (void)q, (void)yq, (void)ys, (void)y0, (void)nseg;  // no int8 parts outside x86 (prepack)
 #endif
     };
-    if (c.use_int8 && pt.int8) {
+    if (int8_here(pt)) {
       int8_part(pt, c.y, N, 0);
-    } else if (c.use_int8 && i + 1 < p.parts.size() && p.parts[i + 1].int8 &&
+    } else if (c.use_int8 && !pt.int8 && i + 1 < p.parts.size() && int8_here(p.parts[i + 1]) &&
                p.parts[i + 1].indices == pt.indices && p.parts[i + 1].col0 == pt.col0 + pt.count) {
       const int64_t rows = n1 - n0;
       tail.assign(size_t(c.M * rows), 0.f);
@@ -108,7 +116,7 @@ void run_rows(void* arg, size_t task) {
       float_part(pt, true);
       for (int64_t m = 0; m < c.M; ++m)
         for (int64_t n = n0; n < n1; ++n) c.y[m * N + n] += tail[size_t(m * rows + n - n0)];
-    } else {  // with use_int8: a head with no int8 tail (outlier columns), or AVX2's k > 16 parts
+    } else {  // with use_int8: a head with no int8 tail (outlier columns), or a part float here
       float_part(pt, c.use_int8);
     }
   }
@@ -146,6 +154,7 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
 struct CallBuffers {
   std::vector<float> xp, rowconst, xrow, sx, corr, xsum, xs, ybuf;
   std::vector<int8_t> xq;
+  std::vector<int16_t> x16;
 };
 
 // Frees the buffers that outgrew decode sizes when a call ends (normal return or exception).
@@ -156,7 +165,7 @@ struct BufferTrim {
     auto trim = [](auto& v) {
       if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
     };
-    trim(b.xp), trim(b.xrow), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.xs), trim(b.ybuf), trim(b.xq);
+    trim(b.xp), trim(b.xrow), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.xs), trim(b.ybuf), trim(b.xq), trim(b.x16);
     trim(b.rowconst);
   }
 };
@@ -191,12 +200,12 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
       rowconst[size_t(m)] = float(s);
     }
   }
-  Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, nullptr, false, nullptr};
+  Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, nullptr, nullptr, false, nullptr};
   std::vector<int8_t>& xq = buf.xq;
   std::vector<float>& sx = buf.sx;
   std::vector<float>& corr = buf.corr;
   std::vector<float>& xsum = buf.xsum;
-  call.use_int8 = !p.segments.empty() && (M <= kMaxInt8Rows || p.isa == Isa::kAvx512);
+  call.use_int8 = !p.segments.empty();
   if (call.use_int8) {
     const int64_t nseg = int64_t(p.segments.size());
     xq.assign(size_t(M * p.xq_bytes), 0);
@@ -228,6 +237,13 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }
     call.xq = xq.data();
+    if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
+      std::vector<int16_t>& x16 = buf.x16;
+      x16.resize(xq.size());  // [pair, m, 2]: see prefill_int8_avx2.cpp
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t b = 0; b < p.xq_bytes; ++b) x16[size_t((b >> 1) * 2 * M + 2 * m + (b & 1))] = xq[size_t(m * p.xq_bytes + b)];
+      call.x16 = x16.data();
+    }
     call.sx = sx.data();
     call.corr = corr.data();
     call.xsum = xsum.data();

@@ -1,0 +1,142 @@
+// The int8 route's prefill kernel for AVX2 CPUs (accuracy_level 4, more activation rows than the
+// decode kernels take), for v = 4 parts with indices of up to 8 bits: the default v4-k256 and
+// its 4-bit residuals.
+//
+// AVX2 has no VNNI, and vpmaddubsw (u8 x s8) can saturate its pair sums unless one side gives up
+// a bit or pays two sign instructions per product. vpmaddwd on int16 cannot: 16 exact
+// multiply-adds into int32 per instruction, two a cycle on Zen 3 and Skylake alike, against 8 per
+// float FMA. So the quantized x is widened to int16 once per call (vq_gemm), and the weights are
+// dequantized per 256 columns (one activation scale block) into int16 tiles from a table of whole
+// centroids (Part::w16: 4 components = 8 bytes, one load per index). A tile ymm holds 8 output
+// rows x 2 columns (int32 lane = output row, its two int16 = the column pair): one 32-bit
+// broadcast of an activation row's column pair multiplies all 8 rows with no horizontal sum.
+// x16 comes pair-interleaved (vq_gemm): the activation rows of one column pair are adjacent, so
+// the rows of a pass read one stream (rows a K apart were 4K-aliased loads, a third of the time).
+// Same quantized x, tables and block scales as the decode route, so the int32 sums are the
+// same; the float sums run in another order. Built with -mavx2 -mfma (plugins/core/CMakeLists.txt)
+// and only called after detect_isa() reported at least kAvx2.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "internal.h"
+#include "unpack.h"
+
+namespace vq2trt {
+namespace avx2 {
+namespace {
+
+inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
+
+constexpr int kRV = 4;       // vector rows per pass: 16 output rows, two ymm per column pair
+constexpr int kMB = 4;       // activation rows per inner loop: 8 accumulators + 2 tile rows + x (gcc 12 spills at 5)
+constexpr int kChunk = 256;  // columns per tile = kXBlock, so one block scale per tile
+
+inline int32_t load32(const int16_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// tile[2p + h]: column pair p of vector rows 2h (lanes 0-3) and 2h + 1 (lanes 4-7).
+inline void build_tile(const uint8_t* const (&ix)[kRV], int64_t c0, int64_t pairs, const int16_t* w16, __m256i* tile) {
+  auto cent = [&](int r, int64_t c) {
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w16 + 4 * int64_t(ix[r][c])));
+  };
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t c = c0 + 2 * p;
+    for (int h = 0; h < 2; ++h) {
+      const __m128i a = _mm_unpacklo_epi16(cent(2 * h, c), cent(2 * h, c + 1));
+      const __m128i b = _mm_unpacklo_epi16(cent(2 * h + 1, c), cent(2 * h + 1, c + 1));
+      _mm256_store_si256(tile + 2 * p + h, _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1));
+    }
+  }
+}
+
+// facc[m * 16 + l] += sx[m] · Σ_pairs tile · x[m] for MB activation rows; x: column pair p of
+// row m at x[2 * (p * M + m)]. Not inlined: in the caller its 10 accumulators spilled.
+template <int MB>
+__attribute__((noinline)) void dot_tile(const __m256i* tile, int64_t pairs, const int16_t* x, int64_t M,
+                                        const float* sx, int64_t sx_stride, float* facc) {
+  __m256i a[MB][2];
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) a[m][0] = a[m][1] = _mm256_setzero_si256();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m256i w0 = _mm256_load_si256(tile + 2 * p), w1 = _mm256_load_si256(tile + 2 * p + 1);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m256i xv = _mm256_set1_epi32(load32(x + 2 * (p * M + m)));
+      a[m][0] = _mm256_add_epi32(a[m][0], _mm256_madd_epi16(w0, xv));
+      a[m][1] = _mm256_add_epi32(a[m][1], _mm256_madd_epi16(w1, xv));
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) {
+    const __m256 s = _mm256_set1_ps(sx[m * sx_stride]);
+    float* f = facc + m * 16;
+    _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[m][0]), s, _mm256_loadu_ps(f)));
+    _mm256_storeu_ps(f + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(a[m][1]), s, _mm256_loadu_ps(f + 8)));
+  }
+}
+
+void dot_rows(int mb, const __m256i* tile, int64_t pairs, const int16_t* x, int64_t M, const float* sx,
+              int64_t sx_stride, float* facc) {
+  switch (mb) {
+    case 1: return dot_tile<1>(tile, pairs, x, M, sx, sx_stride, facc);
+    case 2: return dot_tile<2>(tile, pairs, x, M, sx, sx_stride, facc);
+    case 3: return dot_tile<3>(tile, pairs, x, M, sx, sx_stride, facc);
+    default: return dot_tile<4>(tile, pairs, x, M, sx, sx_stride, facc);
+  }
+}
+
+}  // namespace
+
+void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
+                       const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
+                       int64_t n1, float* scratch) {
+  const int64_t nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64, cols = nblk * 64;
+  // Layout (int8_prefill_scratch_floats covers it): facc [M, 16], one tile, kRV index rows.
+  float* facc = scratch;
+  __m256i* tile = reinterpret_cast<__m256i*>(scratch + (M * 16 + 15) / 16 * 16);
+  uint8_t* ibuf = reinterpret_cast<uint8_t*>(tile + kChunk);
+  const bool bytes8 = pt.bits == 8 && pt.skip_bits % 8 == 0;
+  for (int64_t r0 = n0 / 4; r0 * 4 < n1; r0 += kRV) {
+    // Index bytes in the segment's column order, zero past count: rows past n1 read index 0 and
+    // are not written, padding columns meet zero activations.
+    const uint8_t* ix[kRV];
+    for (int rv = 0; rv < kRV; ++rv) {
+      uint8_t* out = ibuf + rv * cols;
+      const int64_t r = r0 + rv;
+      if (r * 4 >= n1) {
+        std::memset(out, 0, size_t(cols));
+      } else {
+        const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
+        if (bytes8) {
+          std::memcpy(out, reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8, size_t(pt.count));
+          std::memset(out + pt.count, 0, size_t(cols - pt.count));
+        } else {
+          unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, pt.count, nblk, pt.split4, out);
+        }
+      }
+      ix[rv] = out;
+    }
+    std::memset(facc, 0, size_t(M * 16) * sizeof(float));
+    for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
+      const int64_t pairs = lo(kChunk, cols - c0) / 2, sb = c0 / kChunk;
+      build_tile(ix, c0, pairs, pt.w16, tile);
+      for (int64_t m0 = 0; m0 < M; m0 += kMB)
+        dot_rows(int(lo(kMB, M - m0)), tile, pairs, x16 + c0 * M + 2 * m0, M, sx + m0 * sx_stride + sb, sx_stride,
+                 facc + m0 * 16);
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const float xs = xsum[m * xsum_stride];
+      for (int64_t l = 0; l < 16 && r0 * 4 + l < n1; ++l) {
+        const int64_t j = l & 3;
+        y[m * N + r0 * 4 + l - y0] += pt.qs[j] * facc[m * 16 + l] + pt.qc[j] * xs;
+      }
+    }
+  }
+}
+
+}  // namespace avx2
+}  // namespace vq2trt
