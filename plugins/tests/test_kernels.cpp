@@ -31,11 +31,12 @@ constexpr double kPrefillDecodeRelTol = 1e-4;
 int failures = 0;
 
 // Whether AVX2 and AVX-512 put the same parts on the int8 route at level 4 (prepack.cpp): AVX-512
-// takes up to 9-bit indices, AVX2 up to 4 bits and, with v = 4, up to 8.
-bool same_int8_parts(const VQGemmDims& d) {
-  auto same = [](int64_t v, int64_t k) {
+// takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9 (decode
+// only: at M > 8 AVX2 puts v = 3 on the float path).
+bool same_int8_parts(const VQGemmDims& d, int64_t M) {
+  auto same = [M](int64_t v, int64_t k) {
     const int b = index_bits(k);
-    return b <= 4 || (b <= 8 && v == 4) || b > 9;
+    return b <= 4 || (b <= 8 && v == 4) || (b <= 9 && v == 3 && M <= 8) || b > 9;
   };
   return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
 }
@@ -96,7 +97,7 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
     // Level 4 on AVX2 (prefill: int16 products, prefill_int8_avx2.cpp; decode of 256-entry
     // tables: gathers, decode_int8_avx2.cpp) against AVX-512's where both put the same parts on
     // the int8 route: same quantized x and tables, so float32 rounding apart.
-    if (native_isa(Isa::kAvx512) == Isa::kAvx512 && same_int8_parts(d)) {
+    if (native_isa(Isa::kAvx512) == Isa::kAvx512 && same_int8_parts(d, M)) {
       PrepackedPtr p2 = prepack(w.desc, 4, Isa::kAvx2), p5 = prepack(w.desc, 4, Isa::kAvx512);
       std::vector<float> y5(y.size());
       vq_gemm(*p2, DType::kFloat32, x.data(), M, y.data());
@@ -162,6 +163,9 @@ int main() {
       // int8 tail of 2 blocks ending in a partial 8-column group, N cutting a pass.
       {30, 333, 0, 4, 100, 1, 0, 0, 0, false, true},
       {26, 389, 0, 4, 256, 1, 0, 0, 0, true, false},
+      // v = 3 on the same kernel: 9-bit indices (uint16), 4-bit outliers, N not a multiple of 3.
+      {45, 300, 5, 3, 512, 2, 0, 2, 16, true, false},
+      {31, 260, 0, 3, 300, 1, 0, 0, 0, false, true},
   };
   for (const auto& d : v4k256) check_weight(rng, d, {1, 2, 3, 4, 5, 6, 7, 8, 13});
   // Prefill (M > 8: the float path, except level 4 on AVX-512): parts longer than the 256-column

@@ -26,8 +26,8 @@ struct Part {
   // v = 3 only: the table again with rows padded to 4 floats, so that decode loads one 16-byte row
   // per index and does one 4-lane multiply-add (the 3-wide table went through a scalar loop).
   std::vector<float> ftab4;
-  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 9; AVX2 with bits <= 4, and
-  // v = 4 with bits <= 8): per
+  // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 9; AVX2 with bits <= 4, v = 4
+  // with bits <= 8 and v = 3 with bits <= 9, the last decode only: see vqgemm.cpp): per
   // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
   // halves, 512 for two of those) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
   // multiplies u8 by s8; the +128 is subtracted once per x block. Centering on the midrange uses
@@ -47,8 +47,8 @@ struct Part {
   // AVX2 int8 route, v = 4 only: the byte tables as whole centroids, [qentries, 4] int16 holding
   // qtab - 128 (prefill_int8_avx2.cpp loads a centroid's 4 weights with one 8-byte load).
   std::vector<int16_t> wtab16;
-  // The same centroids as 4 signed bytes in one int32, [qentries] (decode_int8_avx2.cpp gathers
-  // 8 of them at once).
+  // AVX2 int8 route, v = 3 or 4: the centroids as 4 signed bytes in one int32 (v = 3: the 4th
+  // zero), [qentries] (decode_int8_avx2.cpp gathers 8 of them at once).
   std::vector<int32_t> wtab8;
   // Raw views of the vectors above: the ISA files must not call std::vector members.
   const float* ft = nullptr;
@@ -106,7 +106,8 @@ inline int64_t int8_prefill_scratch_floats(int64_t max_count, int64_t M) {
 }
 inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
   const int64_t tile = M > 1 ? (p.max_count + 1) * 16 + kTileCols * kTileRows : kTileCols * kTileRows;
-  const int64_t n = (p.max_count + 64 + 16) + tile + 16 + 4 * M;
+  // The first term also holds 4 index rows of uint16 (decode_int8_avx2.cpp).
+  const int64_t n = 2 * (p.max_count + 64 + 16) + tile + 16 + 4 * M;
   const int64_t q = !p.segments.empty() && M > 1 ? int8_prefill_scratch_floats(p.max_count, M) : 0;
   return n > q ? n : q;
 }
@@ -148,8 +149,9 @@ void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
 void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch);
-// As part_int8 for v = 4 parts with w8 and 5- to 8-bit indices, M <= 8 (decode_int8_avx2.cpp).
-void part_int8_v4(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+// As part_int8 for parts with w8 (v = 4 with 5 to 8 index bits, v = 3 with 5 to 9), any M but
+// meant for M <= 8 (decode_int8_avx2.cpp).
+void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                   const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                   int64_t n1, float* scratch);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).

@@ -84,12 +84,13 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
     for (int64_t i = 0; i < k; ++i)
       for (int64_t j = 0; j < 3; ++j) p.ftab4[size_t(i * 4 + j)] = p.ftab[size_t(i * 3 + j)];
   }
-  // Byte tables: the AVX-512 route takes up to 512 entries; the AVX2 one 16 (vpshufb, any v) and,
-  // for v = 4, 256 (prefill only, from the int16 centroid table below).
-  const bool avx2_int8 = int8 == Isa::kAvx2 && (p.bits <= 4 || (p.bits <= 8 && v == 4));
+  // Byte tables: the AVX-512 route takes up to 512 entries; the AVX2 one 16 (vpshufb, any v),
+  // 256 for v = 4 and 512 for v = 3 (gathers and int16 tiles from the centroid tables below).
+  const bool avx2_int8 = int8 == Isa::kAvx2 && (p.bits <= 4 || (p.bits <= 8 && v == 4) || (p.bits <= 9 && v == 3));
   if ((int8 == Isa::kAvx512 && p.bits <= 9) || avx2_int8) {
     p.int8 = true;
-    p.qentries = int8 == Isa::kAvx2 ? (p.bits <= 4 ? 16 : 256) : p.bits <= 6 ? 64 : p.bits <= 8 ? 256 : 512;
+    p.qentries = int8 == Isa::kAvx2 ? (p.bits <= 4 ? 16 : p.bits <= 8 ? 256 : 512)
+                                    : p.bits <= 6 ? 64 : p.bits <= 8 ? 256 : 512;
     p.qtab.assign(size_t(v * p.qentries), 128);  // 128 = weight 0 for the unused entries
     p.qscale.assign(size_t(v), 1.f);
     p.qcenter.assign(size_t(v), 0.f);
@@ -114,10 +115,12 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
       p.wtab16.resize(size_t(4 * p.qentries));
       for (int64_t i = 0; i < p.qentries; ++i)
         for (int64_t j = 0; j < 4; ++j) p.wtab16[size_t(4 * i + j)] = int16_t(p.qtab[size_t(j * p.qentries + i)] - 128);
+    }
+    if (int8 == Isa::kAvx2 && (v == 3 || v == 4)) {
       p.wtab8.resize(size_t(p.qentries));
       for (int64_t i = 0; i < p.qentries; ++i) {
         uint32_t w = 0;
-        for (int64_t j = 0; j < 4; ++j) w |= uint32_t(uint8_t(p.qtab[size_t(j * p.qentries + i)] ^ 0x80)) << (8 * j);
+        for (int64_t j = 0; j < v; ++j) w |= uint32_t(uint8_t(p.qtab[size_t(j * p.qentries + i)] ^ 0x80)) << (8 * j);
         p.wtab8[size_t(i)] = int32_t(w);
       }
     }

@@ -85,7 +85,11 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
-  auto int8_here = [&](const Part& q) { return c.use_int8 && q.int8; };
+  // AVX2's v = 3 parts have no int8 prefill kernel: their gathers would be repeated for every
+  // other activation row, where the float path dequantizes a tile once for all.
+  auto int8_here = [&](const Part& q) {
+    return c.use_int8 && q.int8 && !(p.isa == Isa::kAvx2 && c.M > kMaxInt8Rows && q.qentries > 16 && !q.w16);
+  };
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
@@ -98,7 +102,7 @@ void run_rows(void* arg, size_t task) {
         return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * c.M, c.sx + s.block_offset, p.xq_blocks,
                                        c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (p.isa == Isa::kAvx2 && q.w8 && q.qentries > 16)
-        return avx2::part_int8_v4(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
+        return avx2::part_int8_gather(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                   c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
                         p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
