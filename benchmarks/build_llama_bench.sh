@@ -7,7 +7,8 @@
 #   benchmarks/build_llama_bench.sh [DEST (default /work/llama)] [GGUF (default the Makefile's cache)]
 #
 # ~8 minutes on 2 cores. -DGGML_NATIVE=ON: llama.cpp tuned for this CPU, as its users build it,
-# so the table must be read with the ISA of the machine it ran on.
+# so the table must be read with the ISA of the machine it ran on. LLAMA_ISA=avx2 builds the AVX2
+# code only (GGML_NATIVE off, AVX-512 off), the peer of a `VQ2TRT_ISA=avx2` run on an AVX-512 CPU.
 set -euo pipefail
 VERSION=0.3.36
 DEST=${1:-/work/llama}
@@ -20,7 +21,13 @@ if [ ! -d "$DEST/src" ]; then
   mkdir -p "$DEST/src"
   tar -xzf "$DEST/sdist/llama_cpp_python-$VERSION.tar.gz" -C "$DEST/src" --strip-components=1
 fi
-cmake -S "$DEST/src/vendor/llama.cpp" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+case "${LLAMA_ISA:-native}" in
+  native) ISA_FLAGS=(-DGGML_NATIVE=ON) ;;
+  avx2) ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+                   -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX_VNNI=OFF) ;;
+  *) echo "build_llama_bench: LLAMA_ISA must be native or avx2, not '$LLAMA_ISA'" >&2; exit 2 ;;
+esac
+cmake -S "$DEST/src/vendor/llama.cpp" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release "${ISA_FLAGS[@]}" \
   -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
 cmake --build "$DEST/build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
 for q in Q4_0 Q8_0 Q2_K; do

@@ -204,6 +204,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     text_path = a.text or wikitext_file("test")
     text = read_text(text_path)
+    if a.onnx:   # before the PyTorch rows, which take minutes
+        from vq2trt.runtime.session import RunError, read_info
+
+        if read_info(a.onnx).get("logits", "all") != "all":
+            raise RunError(f"{a.onnx}: exported with --logits last; perplexity needs every position "
+                           "(re-export with --logits all)")
     if a.threads:
         torch.set_num_threads(a.threads)
     ids_for = lambda tok: tokenize_for_eval(tok, text)

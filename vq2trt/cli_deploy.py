@@ -12,7 +12,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     model, tok, quantized = _load_any(a.checkpoint, "cpu")
     out = export_onnx(model, a.out, accuracy_level=a.accuracy_level, overwrite=a.overwrite, tokenizer=tok,
-                      source=a.checkpoint, dtype=a.dtype, embedding=a.embedding, ops=a.ops)
+                      source=a.checkpoint, dtype=a.dtype, embedding=a.embedding, ops=a.ops, logits=a.logits)
     import onnx
 
     proto = onnx.load(str(Path(out) / "model.onnx"), load_external_data=False)
@@ -180,6 +180,9 @@ def add_parsers(sub) -> None:
                    help="fused (float32 only): opset-23 RMSNormalization/RotaryEmbedding/Attention nodes, ~4x "
                         "fewer nodes, faster in ONNX Runtime; basic: opset-18 graph for TensorRT (build-engine "
                         "takes only this); auto (default): fused for float32, basic for float16/bfloat16")
+    x.add_argument("--logits", default="all", choices=("all", "last"),
+                   help="all (default): logits at every position (perplexity, compare); last: the last "
+                        "position only, what generation reads (a 128-token prefill skips 127 lm_head rows)")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 

@@ -236,9 +236,10 @@ int run(const Args& a) {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     (n == 0 ? prefill_s : decode_s) += dt;
 
-    const auto shape = results[0].GetTensorTypeAndShapeInfo().GetShape();  // [1, S, V]
+    // [1, S, V], or [1, 1, V] from an export with --logits last
+    const auto shape = results[0].GetTensorTypeAndShapeInfo().GetShape();
     const int64_t V = shape.at(2);
-    const float* last = results[0].GetTensorData<float>() + (S - 1) * V;
+    const float* last = results[0].GetTensorData<float>() + (shape.at(1) - 1) * V;
     const int64_t next = std::max_element(last, last + V) - last;  // first maximum, as numpy's argmax
     out.push_back(next);
     if (has_eos && next == eos) break;

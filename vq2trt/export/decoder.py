@@ -13,7 +13,7 @@ Graph interface (names follow the ONNX Runtime GenAI convention):
   attention_mask   int64  [batch, past + seq]    1 = attend, 0 = padding
   position_ids     int64  [batch, seq]
   past_key_values.{i}.key / .value   DT [batch, kv_heads, past, head_dim]
-  logits           float32 [batch, seq, vocab]
+  logits           float32 [batch, seq, vocab]; with logits="last" [batch, 1, vocab]
   present.{i}.key / .value           DT [batch, kv_heads, past + seq, head_dim]
 
 DT is the compute dtype (`dtype`: float32 by default, float16 or bfloat16), so that TensorRT can
@@ -24,6 +24,11 @@ is float32 and added to float32 scores, so no masked score overflows to -inf. VQ
 keep their stored dtypes (int32 indices, fp16 codebooks, fp32 bias). Logits are always float32
 (cast at the end) so that perplexity and sampling downstream are unchanged. With float32 no cast
 is emitted: the graph is the one exported before `dtype` existed.
+
+``logits="last"`` applies the final norm and lm_head to the last position only: generation reads
+nothing else, and for a 128-token prompt the head over every position was a quarter of prefill
+(SmolLM2: 49152 x 576 per token, as much as 7 decoder layers). Perplexity needs every position,
+so "all" stays the default; llama.cpp's prompt processing computes the last position's only.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 OPS = ("basic", "fused")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+LOGITS = ("all", "last")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -79,11 +86,14 @@ class ExportDecoder(nn.Module):
     copy, as onnx_export.prepare does); VQGemmLinear buffers are left as stored. What differs
     between architectures comes from vq2trt.families; an unsupported one raises UnsupportedModelError."""
 
-    def __init__(self, hf_model: nn.Module, dtype: str | torch.dtype = torch.float32, ops: str = "basic"):
+    def __init__(self, hf_model: nn.Module, dtype: str | torch.dtype = torch.float32, ops: str = "basic",
+                 logits: str = "all"):
         super().__init__()
         if ops not in OPS:
             raise ValueError(f"export ops must be one of {', '.join(OPS)}, got {ops!r}")
-        self.dtype, self.ops = resolve_dtype(dtype), ops
+        if logits not in LOGITS:
+            raise ValueError(f"export logits must be one of {', '.join(LOGITS)}, got {logits!r}")
+        self.dtype, self.ops, self.logits = resolve_dtype(dtype), ops, logits
         if ops == "fused" and self.dtype != torch.float32:
             # float16/bfloat16 graphs are for TensorRT, which builds from the basic graph; a fused
             # one in a low dtype has no runtime here to be tested against.
@@ -237,6 +247,8 @@ class ExportDecoder(nn.Module):
                 h = h + a
                 h = h + layer.mlp(self._norm(layer.post_attention_layernorm, h))
             presents += [k, v]
+        if self.logits == "last":
+            h = h[:, -1:]
         logits = self.lm_head(self._norm(self.norm, h))
         if self.final_softcap:                                       # in the compute dtype, as HF
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap

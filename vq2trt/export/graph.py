@@ -126,6 +126,7 @@ def model_info(model, decoder, *, quantized: bool, accuracy_level: int, source: 
         "format": "vq2trt-onnx", "version": 1, "model_type": cfg.model_type, "quantized": quantized,
         "accuracy_level": accuracy_level, "dtype": dtype_name(decoder),
         "embedding": getattr(decoder.embed_tokens, "mode", "float32"), "ops": decoder.ops,
+        "logits": decoder.logits,
         "num_layers": decoder.num_layers,
         "num_key_value_heads": decoder.num_kv_heads, "head_dim": decoder.head_dim,
         "vocab_size": cfg.vocab_size, "eos_token_id": eos, "bos_token_id": getattr(cfg, "bos_token_id", None),

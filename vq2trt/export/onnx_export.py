@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vq2trt.export import fused, op
-from vq2trt.export.decoder import OPS, ExportDecoder, resolve_dtype
+from vq2trt.export.decoder import LOGITS, OPS, ExportDecoder, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
 from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
@@ -58,7 +58,7 @@ def resolve_ops(ops: str, dtype: str | torch.dtype = "float32") -> str:
 
 
 def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype = "float32",
-            embedding: str = "float32", ops: str = "basic") -> ExportDecoder:
+            embedding: str = "float32", ops: str = "basic", logits: str = "all") -> ExportDecoder:
     """A copy of ``model`` with every VQLinear swapped for its export twin, in the KV-cache decoder
     computing in ``dtype`` (the copy's float parameters cast; the caller's model is untouched),
     its embedding table stored as ``embedding`` (vq2trt.export.embedding)."""
@@ -66,7 +66,7 @@ def prepare(model: nn.Module, accuracy_level: int = 0, dtype: str | torch.dtype 
     for name, mod in list(model.named_modules()):
         if isinstance(mod, VQLinear):
             replace_linear(model, name, VQGemmLinear(mod.to_vqweight(), accuracy_level))
-    dec = ExportDecoder(model, dtype, ops).eval()
+    dec = ExportDecoder(model, dtype, ops, logits).eval()
     compact_embedding(dec, embedding)
     return dec
 
@@ -110,7 +110,7 @@ def _without_torchvision_notice():
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
                 overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
-                dtype: str = "float32", embedding: str = "float32", ops: str = "auto") -> Path:
+                dtype: str = "float32", embedding: str = "float32", ops: str = "auto", logits: str = "all") -> Path:
     """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
 
     ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`.
@@ -118,14 +118,17 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     ``embedding``: stored form of the embedding table (float32, float16, int8).
     ``ops``: "fused" (opset 23: one RMSNormalization / RotaryEmbedding / Attention node each, for
     ONNX Runtime), "basic" (opset 18, the portable graph TensorRT builds from) or "auto": fused
-    for float32, basic for float16/bfloat16 (the TensorRT dtypes)."""
+    for float32, basic for float16/bfloat16 (the TensorRT dtypes).
+    ``logits``: "all" positions (perplexity, comparisons) or the "last" only (generation; decoder.py)."""
     from vq2trt.export.graph import finalize, write_folder
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
     ops = resolve_ops(ops, dtype)
+    if logits not in LOGITS:
+        raise ValueError(f"export logits must be one of {', '.join(LOGITS)}, got {logits!r}")
     if embedding not in EMBEDDING_MODES:
         raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
-    dec = prepare(model, accuracy_level, dtype, embedding, ops)
+    dec = prepare(model, accuracy_level, dtype, embedding, ops, logits)
     args = _sample_inputs(dec)
     table = _translation()
     if ops == "fused":

@@ -125,6 +125,9 @@ class OnnxDecoder:
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits [B, T, V] of a full sequence in one prefill."""
+        if self.info.get("logits", "all") != "all":
+            raise RunError(f"{self.dir}: exported with --logits {self.info['logits']}, so a prefill returns the last "
+                           "position's logits only; perplexity needs every position (re-export with --logits all)")
         ids = np.atleast_2d(ids)
         B, T = ids.shape
         pos = np.broadcast_to(np.arange(T), (B, T))
