@@ -154,6 +154,10 @@ void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int6
 void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                   const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                   int64_t n1, float* scratch);
+// As avx512::quantize_segment, with the same bytes (int8_avx2.cpp).
+float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
+// xq [M, bytes] -> x16 [bytes / 2, M, 2], the layout of part_int8_prefill (bytes even).
+void widen_pairs(const int8_t* xq, int64_t M, int64_t bytes, int16_t* x16);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                         bool split, uint8_t* out);

@@ -232,7 +232,8 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
           xg = xs.data();
         }
 #if VQ2TRT_X86
-        auto quantize = p.isa == Isa::kAvx512 ? avx512::quantize_segment : quantize_segment;
+        auto quantize = p.isa == Isa::kAvx512 ? avx512::quantize_segment
+                        : p.isa == Isa::kAvx2 ? avx2::quantize_segment : quantize_segment;
 #else
         auto quantize = quantize_segment;
 #endif
@@ -241,13 +242,14 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
                                                       sx.data() + m * p.xq_blocks + g.block_offset);
       }
     call.xq = xq.data();
+#if VQ2TRT_X86
     if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
       std::vector<int16_t>& x16 = buf.x16;
       x16.resize(xq.size());  // [pair, m, 2]: see prefill_int8_avx2.cpp
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t b = 0; b < p.xq_bytes; ++b) x16[size_t((b >> 1) * 2 * M + 2 * m + (b & 1))] = xq[size_t(m * p.xq_bytes + b)];
+      avx2::widen_pairs(xq.data(), M, p.xq_bytes, x16.data());
       call.x16 = x16.data();
     }
+#endif
     call.sx = sx.data();
     call.corr = corr.data();
     call.xsum = xsum.data();
