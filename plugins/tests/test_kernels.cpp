@@ -31,12 +31,11 @@ constexpr double kPrefillDecodeRelTol = 1e-4;
 int failures = 0;
 
 // Whether AVX2 and AVX-512 put the same parts on the int8 route at level 4 (prepack.cpp): AVX-512
-// takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9 (decode
-// only: at M > 8 AVX2 puts v = 3 on the float path).
-bool same_int8_parts(const VQGemmDims& d, int64_t M) {
-  auto same = [M](int64_t v, int64_t k) {
+// takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9.
+bool same_int8_parts(const VQGemmDims& d) {
+  auto same = [](int64_t v, int64_t k) {
     const int b = index_bits(k);
-    return b <= 4 || (b <= 8 && v == 4) || (b <= 9 && v == 3 && M <= 8) || b > 9;
+    return b <= 4 || (b <= 8 && v == 4) || (b <= 9 && v == 3) || b > 9;
   };
   return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
 }
@@ -97,7 +96,7 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
     // Level 4 on AVX2 (prefill: int16 products, prefill_int8_avx2.cpp; decode of 256-entry
     // tables: gathers, decode_int8_avx2.cpp) against AVX-512's where both put the same parts on
     // the int8 route: same quantized x and tables, so float32 rounding apart.
-    if (native_isa(Isa::kAvx512) == Isa::kAvx512 && same_int8_parts(d, M)) {
+    if (native_isa(Isa::kAvx512) == Isa::kAvx512 && same_int8_parts(d)) {
       PrepackedPtr p2 = prepack(w.desc, 4, Isa::kAvx2), p5 = prepack(w.desc, 4, Isa::kAvx512);
       std::vector<float> y5(y.size());
       vq_gemm(*p2, DType::kFloat32, x.data(), M, y.data());
@@ -198,6 +197,9 @@ int main() {
       // not byte aligned (unpacked), N cutting a pass.
       {60, 800, 0, 4, 256, 2, 16, 0, 0, true, false},
       {44, 520, 0, 4, 100, 1, 0, 0, 0, false, true},
+      // and v = 3 (4th lane of each centroid padding): 9-bit indices, N cutting a vector row.
+      {47, 700, 0, 3, 512, 1, 0, 0, 0, true, true},
+      {40, 600, 3, 3, 300, 2, 16, 2, 16, false, false},
   };
   for (const auto& d : prefill4) check_weight(rng, d, {9, 11, 16, 21, 29, 64});
   // Random formats.

@@ -27,7 +27,7 @@ struct Part {
   // per index and does one 4-lane multiply-add (the 3-wide table went through a scalar loop).
   std::vector<float> ftab4;
   // int8 route (accuracy_level 4; AVX-512 VBMI + VNNI with bits <= 9; AVX2 with bits <= 4, v = 4
-  // with bits <= 8 and v = 3 with bits <= 9, the last decode only: see vqgemm.cpp): per
+  // with bits <= 8 and v = 3 with bits <= 9): per
   // component j a byte table of `qentries` (16 for vpshufb, 64 for vpermb, 256 for two vpermi2b
   // halves, 512 for two of those) holding round((q - qcenter[j]) / qscale[j]) + 128, unsigned because vpdpbusd
   // multiplies u8 by s8; the +128 is subtracted once per x block. Centering on the midrange uses
@@ -44,8 +44,8 @@ struct Part {
   // nibbles (even columns), then the 64 high nibbles (odd columns); the segment's activations
   // are stored in the same order, so the kernel needs no interleaving shuffle.
   bool split4 = false;
-  // AVX2 int8 route, v = 4 only: the byte tables as whole centroids, [qentries, 4] int16 holding
-  // qtab - 128 (prefill_int8_avx2.cpp loads a centroid's 4 weights with one 8-byte load).
+  // AVX2 int8 route, v = 3 or 4: the byte tables as whole centroids, [qentries, 4] int16 holding
+  // qtab - 128, v = 3 with a zero 4th (prefill_int8_avx2.cpp loads a centroid with one 8-byte load).
   std::vector<int16_t> wtab16;
   // AVX2 int8 route, v = 3 or 4: the centroids as 4 signed bytes in one int32 (v = 3: the 4th
   // zero), [qentries] (decode_int8_avx2.cpp gathers 8 of them at once).
@@ -143,7 +143,7 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
 // As part_float for a part with v = 4 and byte-aligned 8-bit indices: the same float32 products,
 // summed in another order (decode_avx2.cpp).
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
-// As avx512::part_int8_prefill for v = 4 parts with w16 (prefill_int8_avx2.cpp): x16 is the
+// As avx512::part_int8_prefill for v = 3 and 4 parts with w16 (prefill_int8_avx2.cpp): x16 is the
 // quantized x widened to int16 and interleaved by column pairs, [xq_bytes / 2, M, 2], from the
 // part's segment on (element byte_offset · M).
 void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,

@@ -1,6 +1,7 @@
 // The int8 route's prefill kernel for AVX2 CPUs (accuracy_level 4, more activation rows than the
-// decode kernels take), for v = 4 parts with indices of up to 8 bits: the default v4-k256 and
-// its 4-bit residuals.
+// decode kernels take), for v = 4 parts with indices of up to 8 bits (the default v4-k256 and
+// its 4-bit residuals) and v = 3 parts with up to 9 (v3-k512: the 4th component of each
+// centroid is zero, and its lanes are not written).
 //
 // AVX2 has no VNNI, and vpmaddubsw (u8 x s8) can saturate its pair sums unless one side gives up
 // a bit or pays two sign instructions per product. vpmaddwd on int16 cannot: 16 exact
@@ -39,7 +40,8 @@ inline int32_t load32(const int16_t* p) {
 }
 
 // tile[2p + h]: column pair p of vector rows 2h (lanes 0-3) and 2h + 1 (lanes 4-7).
-inline void build_tile(const uint8_t* const (&ix)[kRV], int64_t c0, int64_t pairs, const int16_t* w16, __m256i* tile) {
+template <typename I>
+inline void build_tile(const I* const (&ix)[kRV], int64_t c0, int64_t pairs, const int16_t* w16, __m256i* tile) {
   auto cent = [&](int r, int64_t c) {
     return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w16 + 4 * int64_t(ix[r][c])));
   };
@@ -89,34 +91,36 @@ void dot_rows(int mb, const __m256i* tile, int64_t pairs, const int16_t* x, int6
   }
 }
 
-}  // namespace
-
-void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
-                       const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
-                       int64_t n1, float* scratch) {
+// I: uint8_t indices, or uint16_t for 9 bits.
+template <typename I>
+void part_rows(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride, const float* xsum,
+               int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch) {
+  const int64_t v = pt.v;
   const int64_t nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64, cols = nblk * 64;
   // Layout (int8_prefill_scratch_floats covers it): facc [M, 16], one tile, kRV index rows.
   float* facc = scratch;
   __m256i* tile = reinterpret_cast<__m256i*>(scratch + (M * 16 + 15) / 16 * 16);
-  uint8_t* ibuf = reinterpret_cast<uint8_t*>(tile + kChunk);
-  const bool bytes8 = pt.bits == 8 && pt.skip_bits % 8 == 0;
-  for (int64_t r0 = n0 / 4; r0 * 4 < n1; r0 += kRV) {
-    // Index bytes in the segment's column order, zero past count: rows past n1 read index 0 and
-    // are not written, padding columns meet zero activations.
-    const uint8_t* ix[kRV];
+  I* ibuf = reinterpret_cast<I*>(tile + kChunk);
+  const bool bytes8 = sizeof(I) == 1 && pt.bits == 8 && pt.skip_bits % 8 == 0;
+  for (int64_t r0 = n0 / v; r0 * v < n1; r0 += kRV) {
+    // Indices in the segment's column order, zero past count: rows past n1 read index 0 and are
+    // not written, padding columns meet zero activations.
+    const I* ix[kRV];
     for (int rv = 0; rv < kRV; ++rv) {
-      uint8_t* out = ibuf + rv * cols;
+      I* out = ibuf + rv * cols;
       const int64_t r = r0 + rv;
-      if (r * 4 >= n1) {
-        std::memset(out, 0, size_t(cols));
+      const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
+      if (r * v >= n1) {
+        std::memset(out, 0, size_t(cols) * sizeof(I));
+      } else if (bytes8) {
+        std::memcpy(out, reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8, size_t(pt.count));
+        std::memset(out + pt.count, 0, size_t(cols - pt.count));
+      } else if (sizeof(I) == 1) {
+        unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, pt.count, nblk, pt.split4,
+                           reinterpret_cast<uint8_t*>(out));
       } else {
-        const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
-        if (bytes8) {
-          std::memcpy(out, reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8, size_t(pt.count));
-          std::memset(out + pt.count, 0, size_t(cols - pt.count));
-        } else {
-          unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, pt.count, nblk, pt.split4, out);
-        }
+        unpack_generic(row, pt.words, pt.skip_bits, pt.bits, pt.count, out);
+        std::memset(out + pt.count, 0, size_t(cols - pt.count) * sizeof(I));
       }
       ix[rv] = out;
     }
@@ -128,14 +132,24 @@ void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int6
         dot_rows(int(lo(kMB, M - m0)), tile, pairs, x16 + c0 * M + 2 * m0, M, sx + m0 * sx_stride + sb, sx_stride,
                  facc + m0 * 16);
     }
+    // Lane l: vector row r0 + l / 4, component l % 4 (v = 3: lanes 3, 7, 11, 15 are padding).
     for (int64_t m = 0; m < M; ++m) {
       const float xs = xsum[m * xsum_stride];
-      for (int64_t l = 0; l < 16 && r0 * 4 + l < n1; ++l) {
-        const int64_t j = l & 3;
-        y[m * N + r0 * 4 + l - y0] += pt.qs[j] * facc[m * 16 + l] + pt.qc[j] * xs;
+      for (int64_t l = 0; l < 16; ++l) {
+        const int64_t j = l & 3, n = (r0 + l / 4) * v + j;
+        if (j < v && n >= n0 && n < n1) y[m * N + n - y0] += pt.qs[j] * facc[m * 16 + l] + pt.qc[j] * xs;
       }
     }
   }
+}
+
+}  // namespace
+
+void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
+                       const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
+                       int64_t n1, float* scratch) {
+  (pt.bits > 8 ? part_rows<uint16_t> : part_rows<uint8_t>)(pt, x16, sx, sx_stride, xsum, xsum_stride, M, y, N, y0,
+                                                         n0, n1, scratch);
 }
 
 }  // namespace avx2

@@ -111,12 +111,10 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
         p.qtab[size_t(j * p.qentries + i)] = uint8_t(int(std::clamp(q, -127.f, 127.f)) + 128);
       }
     }
-    if (int8 == Isa::kAvx2 && v == 4) {
-      p.wtab16.resize(size_t(4 * p.qentries));
-      for (int64_t i = 0; i < p.qentries; ++i)
-        for (int64_t j = 0; j < 4; ++j) p.wtab16[size_t(4 * i + j)] = int16_t(p.qtab[size_t(j * p.qentries + i)] - 128);
-    }
     if (int8 == Isa::kAvx2 && (v == 3 || v == 4)) {
+      p.wtab16.assign(size_t(4 * p.qentries), 0);
+      for (int64_t i = 0; i < p.qentries; ++i)
+        for (int64_t j = 0; j < v; ++j) p.wtab16[size_t(4 * i + j)] = int16_t(p.qtab[size_t(j * p.qentries + i)] - 128);
       p.wtab8.resize(size_t(p.qentries));
       for (int64_t i = 0; i < p.qentries; ++i) {
         uint32_t w = 0;

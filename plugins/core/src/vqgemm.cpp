@@ -85,11 +85,7 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
-  // AVX2's v = 3 parts have no int8 prefill kernel: their gathers would be repeated for every
-  // other activation row, where the float path dequantizes a tile once for all.
-  auto int8_here = [&](const Part& q) {
-    return c.use_int8 && q.int8 && !(p.isa == Isa::kAvx2 && c.M > kMaxInt8Rows && q.qentries > 16 && !q.w16);
-  };
+  auto int8_here = [&](const Part& q) { return c.use_int8 && q.int8; };
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
