@@ -174,7 +174,16 @@ void part_rows(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
                             rs, 0);
         m += 2;
       } else {
-        rows_out<kRV, 1, I>(pt, ix, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0, n0, n1, nx, rs, nn);
+        // Fewer rows than a pass at the end of a task: no repeated row's work.
+        if (rv == kRV) {
+          rows_out<kRV, 1, I>(pt, ix, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0, n0, n1, nx, rs, nn);
+        } else {
+          for (int64_t r = 0; r < rv; ++r) {
+            const I* ix1[1] = {ix[r]};
+            rows_out<1, 1, I>(pt, ix1, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0 + r, n0, n1,
+                              nullptr, rs, 0);
+          }
+        }
         m += 1;
       }
     }

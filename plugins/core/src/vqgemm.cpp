@@ -259,14 +259,18 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n) y32[m * N + n] = rowconst[size_t(m)] + (p.bias.empty() ? 0.f : p.bias[size_t(n)]);
   call.y = y32;
-  // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector length.
+  // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector
+  // length and, in decode, of at least ~64K weights: SmolLM2's k/v projections (192 x 576) came
+  // in 16 tasks of 12 rows, and at 30 us a call for 110K weights ran at a quarter of the speed
+  // of the 1536 x 576 ones (per-task set-up, short passes).
   const int64_t unit = p.row_unit, units = ceil_div(N, unit);
-  const int64_t per_task = std::max<int64_t>(1, ceil_div(units, 16));
+  const int64_t min_units = M <= kMaxInt8Rows ? ceil_div(ceil_div(int64_t(1) << 16, std::max<int64_t>(K, 1)), unit) : 1;
+  const int64_t per_task = std::max<int64_t>(min_units, ceil_div(units, 16));
   call.row_block = per_task * unit;
-  // The int8 prefill kernel computes 32 or 16 output rows a pass: tasks of 36 rows (N = 576)
-  // would pay a 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
+  // The int8 kernels compute 16 or 32 output rows a pass: tasks of 36 rows (N = 576) would pay a
+  // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
-  if (call.use_int8 && M > kMaxInt8Rows && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
+  if (call.use_int8 && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
     for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
