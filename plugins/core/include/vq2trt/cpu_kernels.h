@@ -37,9 +37,9 @@ using PrepackedPtr = std::unique_ptr<Prepacked, PrepackedDeleter>;
 // accuracy_level 0: float32 arithmetic throughout. 4: parts with k <= 256 may round the
 // activations (per 256-column block) and the codebooks (per component, centred) to int8, on
 // AVX-512 VNNI, at every M (decode and prefill), except the first 64 permuted columns (the most
-// salient), which stay float32. On AVX2-only CPUs the int8 route covers parts with k <= 16 at
-// every M (vpshufb tables) and v = 4 parts with k <= 256 in prefill (M > 8: int16 tiles,
-// vpmaddwd); AVX2 decode of those stays float32, as does everything on NEON. `isa` caps the
+// salient), which stay float32. On AVX2-only CPUs the int8 route covers parts with k <= 16
+// (vpshufb tables), v = 4 parts with k <= 256 and v = 3 parts with k <= 512 (gathers in decode,
+// int16 tiles with vpmaddwd in prefill), at every M; NEON stays float32. `isa` caps the
 // instruction set (tests compare every level against the scalar path).
 // The weight must have passed validate_dims; the data need not be validated for memory
 // safety (indices are masked to their bit width and tables padded), only for correct results.
