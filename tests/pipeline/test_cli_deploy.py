@@ -47,6 +47,25 @@ def test_export_run_eval_compare(pipeline, capsys):
     assert len([ln for ln in out.splitlines() if ln.startswith("[I]")]) > 20 and "PASS" in out
 
 
+def test_last_logits_export_runs_compares_and_refuses_perplexity(pipeline, capsys):
+    """export --logits last: generation and the polygraphy comparison (whose PyTorch reference
+    takes the same mode) work; perplexity, and a comparison against an export of the other mode,
+    are refused by name before any slow work."""
+    root = pipeline
+    last = root / "onnx-last"
+    assert main(["export", str(root / "q"), "--out", str(last), "--logits", "last"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(last), "--prompt", "the quick", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("the quick")
+    assert main(["compare", str(last)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["eval", str(root / "q"), "--onnx", str(last), "--text", str(root / "calib.txt"), "--ctx", "64",
+                 "--quiet"]) == 2
+    assert "--logits last" in capsys.readouterr().err
+    assert main(["compare", str(last), "--float-onnx", str(root / "onnx-float")]) == 2
+    assert "same --logits" in capsys.readouterr().err
+
+
 def test_outputs_are_readable_by_other_users(pipeline):
     """A container or service running as another user must be able to read every checkpoint and
     export file (mkstemp/mkdtemp create 0600/0700)."""
