@@ -205,11 +205,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     text_path = a.text or wikitext_file("test")
     text = read_text(text_path)
     if a.onnx:   # before the PyTorch rows, which take minutes
-        from vq2trt.runtime.session import RunError, read_info
+        from vq2trt.runtime.session import read_info, require_all_logits
 
-        if read_info(a.onnx).get("logits", "all") != "all":
-            raise RunError(f"{a.onnx}: exported with --logits last; perplexity needs every position "
-                           "(re-export with --logits all)")
+        require_all_logits(a.onnx, read_info(a.onnx))
     if a.threads:
         torch.set_num_threads(a.threads)
     ids_for = lambda tok: tokenize_for_eval(tok, text)

@@ -53,6 +53,12 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 LOGITS = ("all", "last")
 
 
+def check_logits(logits: str) -> str:
+    if logits not in LOGITS:
+        raise ValueError(f"export logits must be one of {', '.join(LOGITS)}, got {logits!r}")
+    return logits
+
+
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """torch dtype of a compute dtype given by name ("float16") or as a torch dtype."""
     if isinstance(dtype, str):
@@ -91,9 +97,7 @@ class ExportDecoder(nn.Module):
         super().__init__()
         if ops not in OPS:
             raise ValueError(f"export ops must be one of {', '.join(OPS)}, got {ops!r}")
-        if logits not in LOGITS:
-            raise ValueError(f"export logits must be one of {', '.join(LOGITS)}, got {logits!r}")
-        self.dtype, self.ops, self.logits = resolve_dtype(dtype), ops, logits
+        self.dtype, self.ops, self.logits = resolve_dtype(dtype), ops, check_logits(logits)
         if ops == "fused" and self.dtype != torch.float32:
             # float16/bfloat16 graphs are for TensorRT, which builds from the basic graph; a fused
             # one in a low dtype has no runtime here to be tested against.

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from vq2trt.export import fused, op
-from vq2trt.export.decoder import LOGITS, OPS, ExportDecoder, resolve_dtype
+from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
 from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
@@ -124,8 +124,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
     ops = resolve_ops(ops, dtype)
-    if logits not in LOGITS:
-        raise ValueError(f"export logits must be one of {', '.join(LOGITS)}, got {logits!r}")
+    check_logits(logits)
     if embedding not in EMBEDDING_MODES:
         raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
     dec = prepare(model, accuracy_level, dtype, embedding, ops, logits)

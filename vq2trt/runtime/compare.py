@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vq2trt.runtime.session import MODEL_FILE, RunError, create_session, log_softmax, read_info
+from vq2trt.runtime.session import MODEL_FILE, RunError, create_session, log_softmax, logits_mode, read_info
 
 # accuracy_level 0: ORT's VQGemm and the PyTorch reference use the same fp16 codebooks and float32
 # arithmetic and differ only in summation order (~1e-6 relative per dot product); over 30 layers
@@ -69,7 +69,7 @@ def torch_runner(checkpoint: str | Path, info: dict):
                 model = load_quantized(checkpoint)
             else:
                 model, _ = load_model(str(checkpoint))
-            self.decoder = ExportDecoder(model, logits=info.get("logits", "all")).eval()
+            self.decoder = ExportDecoder(model, logits=logits_mode(info)).eval()
 
         def get_input_metadata_impl(self):
             meta = TensorMetadata()
@@ -203,9 +203,9 @@ def compare(onnx_dir: str | Path, *, checkpoint: str | Path | None = None, float
     ``verbose``: polygraphy's own log (per-output statistics, ~1,700 lines for SmolLM2); by default
     only its warnings and errors, since the caller prints the table that matters."""
     info = read_info(onnx_dir)
-    if float_onnx and read_info(float_onnx).get("logits", "all") != info.get("logits", "all"):
-        raise RunError(f"{float_onnx} has logits {read_info(float_onnx).get('logits', 'all')!r} and {onnx_dir} "
-                       f"{info.get('logits', 'all')!r}: export both with the same --logits")
+    if float_onnx and logits_mode(read_info(float_onnx)) != logits_mode(info):
+        raise RunError(f"{float_onnx} has logits {logits_mode(read_info(float_onnx))!r} and {onnx_dir} "
+                       f"{logits_mode(info)!r}: export both with the same --logits")
     if trt:
         _require_tensorrt()                       # before any slow work
     from polygraphy.logger import G_LOGGER

@@ -50,6 +50,17 @@ def kv_dtype(info: dict) -> np.dtype:
     return np.dtype(name)
 
 
+def logits_mode(info: dict) -> str:
+    """"all" or "last" (export --logits); folders from before the option hold every position."""
+    return info.get("logits", "all")
+
+
+def require_all_logits(onnx_dir: str | Path, info: dict) -> None:
+    if logits_mode(info) != "all":
+        raise RunError(f"{onnx_dir}: exported with --logits {logits_mode(info)}, so a prefill returns the last "
+                       "position's logits only; perplexity needs every position (re-export with --logits all)")
+
+
 def read_info(onnx_dir: str | Path) -> dict:
     d = Path(onnx_dir)
     if not (d / MODEL_FILE).is_file():
@@ -125,9 +136,7 @@ class OnnxDecoder:
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """Logits [B, T, V] of a full sequence in one prefill."""
-        if self.info.get("logits", "all") != "all":
-            raise RunError(f"{self.dir}: exported with --logits {self.info['logits']}, so a prefill returns the last "
-                           "position's logits only; perplexity needs every position (re-export with --logits all)")
+        require_all_logits(self.dir, self.info)
         ids = np.atleast_2d(ids)
         B, T = ids.shape
         pos = np.broadcast_to(np.arange(T), (B, T))

@@ -27,7 +27,7 @@ namespace {
 
 // Up to this many activation rows the int8 route runs the decode kernels (a lookup per output
 // row and activation row); beyond, the prefill kernels (lookups once per output row, reused by
-// every activation row: prefill_int8_avx512.cpp, and prefill_int8_avx2.cpp for v = 4 parts).
+// every activation row: prefill_int8_avx512.cpp, and prefill_int8_avx2.cpp for v = 3 and 4).
 constexpr int64_t kMaxInt8Rows = 8;
 
 struct Call {
@@ -85,7 +85,6 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
-  auto int8_here = [&](const Part& q) { return c.use_int8 && q.int8; };
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
@@ -106,9 +105,9 @@ void run_rows(void* arg, size_t task) {
       (void)q, (void)yq, (void)ys, (void)y0, (void)nseg;  // no int8 parts outside x86 (prepack)
 #endif
     };
-    if (int8_here(pt)) {
+    if (c.use_int8 && pt.int8) {
       int8_part(pt, c.y, N, 0);
-    } else if (c.use_int8 && !pt.int8 && i + 1 < p.parts.size() && int8_here(p.parts[i + 1]) &&
+    } else if (c.use_int8 && i + 1 < p.parts.size() && p.parts[i + 1].int8 &&
                p.parts[i + 1].indices == pt.indices && p.parts[i + 1].col0 == pt.col0 + pt.count) {
       const int64_t rows = n1 - n0;
       tail.assign(size_t(c.M * rows), 0.f);
@@ -116,7 +115,7 @@ void run_rows(void* arg, size_t task) {
       float_part(pt, true);
       for (int64_t m = 0; m < c.M; ++m)
         for (int64_t n = n0; n < n1; ++n) c.y[m * N + n] += tail[size_t(m * rows + n - n0)];
-    } else {  // with use_int8: a head with no int8 tail (outlier columns), or a part float here
+    } else {  // with use_int8: a head with no int8 tail (outlier columns), or a part with no byte tables
       float_part(pt, c.use_int8);
     }
   }
