@@ -53,7 +53,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
                    verbose=a.verbose)
     level = int(info.get("accuracy_level", 0))
     if level in TOLERANCES:
-        rule = f"every element within atol {TOLERANCES[level]['atol']} or rtol {TOLERANCES[level]['rtol']}"
+        rule = (f"every element within {TOLERANCES[level]['scale_atol']:g} x its output's largest |value| "
+                f"or rtol {TOLERANCES[level]['rtol']:g}")
     else:
         rule = f"accuracy_level {level}: mean KL of next-token distributions <= {KL_LIMIT} nats"
     print(f"\npolygraphy comparison of {a.onnx_dir} (prefill + {a.decode_steps} decode steps; "
