@@ -16,6 +16,14 @@ namespace {
 
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The lines of next[sb·chunk, (sb+1)·chunk) ∩ next[0, bytes) into L2: one slice per 256 columns
+// spreads a row's prefetches over the pass (a division per block cost more than the prefetch won).
+inline void prefetch_slice(const uint8_t* next, int64_t bytes, int64_t chunk, int64_t sb) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(next) + uintptr_t(lo(bytes, (sb + 1) * chunk));
+  for (uintptr_t a = (reinterpret_cast<uintptr_t>(next) + uintptr_t(sb * chunk)) & ~uintptr_t(63); a < end; a += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+}
+
 }  // namespace
 
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
@@ -46,9 +54,11 @@ void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bi
 
 namespace {
 
+// next, next_bytes: the next vector row's packed indices, fetched into L2 while this row is
+// summed, as in int8_avx512.cpp (0 bytes: none).
 template <int JV>
 void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, const int8_t* xq, int64_t xq_stride,
-                const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+                const float* sx, int64_t sx_stride, int64_t M, float* sums, const uint8_t* next, int64_t next_bytes) {
   __m256i T[JV];
   const __m256i flip = _mm256_set1_epi8(char(0x80)), ones = _mm256_set1_epi16(1);
   for (int jj = 0; jj < JV; ++jj) {
@@ -56,11 +66,13 @@ void lookup_dot(const uint8_t* idx, int64_t nblk, const uint8_t* qt, const int8_
                                     _mm256_castsi256_si128(flip));
     T[jj] = _mm256_broadcastsi128_si256(t);  // vpshufb looks up within each 128-bit lane
   }
+  const int64_t pf_chunk = next_bytes > 0 ? (next_bytes + (nblk + 3) / 4 - 1) / ((nblk + 3) / 4) : 0;
   for (int64_t m = 0; m < M; ++m) {
     __m256 acc[JV];
     for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm256_setzero_ps();
     const int8_t* xr = xq + m * xq_stride;
     for (int64_t sb = 0; sb * 4 < nblk; ++sb) {
+      if (m == 0) prefetch_slice(next, next_bytes, pf_chunk, sb);
       __m256i isum[JV];
       for (int jj = 0; jj < JV; ++jj) isum[jj] = _mm256_setzero_si256();
       const int64_t h_end = 2 * lo(nblk, sb * 4 + 4);
@@ -95,15 +107,21 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
   for (int64_t r = n0 / v; r * v < n1; ++r) {
     unpack_index_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words, pt.words, pt.skip_bits, pt.bits,
                  pt.count, nblk, pt.split4, idx);
+    const bool more = (r + 1) * v < n1 && r + 1 < pt.rows;
+    const uint8_t* next =
+        more ? reinterpret_cast<const uint8_t*>(reinterpret_cast<const uint32_t*>(pt.indices) + (r + 1) * pt.words) + pt.skip_bits / 8
+             : nullptr;
+    const int64_t row_bytes = (pt.skip_bits % 8 + pt.count * pt.bits + 7) / 8;
     for (int64_t jc = 0; jc < v; jc += 4) {
       const int64_t nb = r * v + jc, jv = lo(4, v - jc);
       if (nb + jv <= n0 || nb >= n1) continue;
       const uint8_t* qt = pt.qt + jc * pt.qentries;
+      const int64_t nl = more && jc == 0 ? row_bytes : 0;
       switch (jv) {
-        case 1: lookup_dot<1>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
-        case 2: lookup_dot<2>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
-        case 3: lookup_dot<3>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
-        default: lookup_dot<4>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+        case 1: lookup_dot<1>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums, next, nl); break;
+        case 2: lookup_dot<2>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums, next, nl); break;
+        case 3: lookup_dot<3>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums, next, nl); break;
+        default: lookup_dot<4>(idx, nblk, qt, xq, xq_stride, sx, sx_stride, M, sums, next, nl); break;
       }
       for (int64_t m = 0; m < M; ++m)
         for (int64_t jj = 0; jj < jv; ++jj) {

@@ -21,6 +21,14 @@ namespace {
 
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The lines of next[sb·chunk, (sb+1)·chunk) ∩ next[0, bytes) into L2: one slice per 256 columns
+// spreads a row's prefetches over the pass (a division per block cost more than the prefetch won).
+inline void prefetch_slice(const uint8_t* next, int64_t bytes, int64_t chunk, int64_t sb) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(next) + uintptr_t(lo(bytes, (sb + 1) * chunk));
+  for (uintptr_t a = (reinterpret_cast<uintptr_t>(next) + uintptr_t(sb * chunk)) & ~uintptr_t(63); a < end; a += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T1);
+}
+
 // 64 bytes of a 512-entry table t (8 zmm) at 64 9-bit indices: low bytes ix, bit 8 in hi.
 inline __m512i lookup512(const __m512i* t, __m512i ix, __mmask64 b7, __mmask64 hi) {
   const __m512i a = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(t[0], ix, t[1]),
@@ -33,13 +41,19 @@ inline __m512i lookup512(const __m512i* t, __m512i ix, __mmask64 b7, __mmask64 h
 // sums[m * JV + jj] = Σ_scale blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
 // E: table entries (64, 256 or 512); hi: E = 512 only, bit 8 of the indices per 64-column block.
 // last: the bytes of idx's last block that may be read (idx can be the packed row itself).
+// next, next_bytes: the next vector row's packed indices, fetched into L2 while this row is
+// summed (0 bytes: none). Rows of 576-1536 bytes end before the hardware prefetcher
+// locks on, and a 4096-byte row is a page, which it does not cross: each row start waited on
+// memory (as on AVX2, decode_avx2.cpp).
 template <int JV, int E>
 void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 last, const uint8_t* qt,
-                const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+                const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums,
+                const uint8_t* next, int64_t next_bytes) {
   constexpr int TR = E / 64;
   __m512i T[JV][TR];
   for (int jj = 0; jj < JV; ++jj)
     for (int t = 0; t < TR; ++t) T[jj][t] = _mm512_loadu_si512(qt + jj * E + 64 * t);
+  const int64_t pf_chunk = next_bytes > 0 ? (next_bytes + (nblk + 3) / 4 - 1) / ((nblk + 3) / 4) : 0;
   for (int64_t m = 0; m < M; ++m) {
     __m512 acc[JV];
     for (int jj = 0; jj < JV; ++jj) acc[jj] = _mm512_setzero_ps();
@@ -47,6 +61,7 @@ void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 
     const float* sr = sx + m * sx_stride;
     // One activation scale per kXBlock = 4 chunks of 64 columns.
     for (int64_t sb = 0; sb * 4 < nblk; ++sb) {
+      if (m == 0) prefetch_slice(next, next_bytes, pf_chunk, sb);
       __m512i isum[JV];
       for (int jj = 0; jj < JV; ++jj) isum[jj] = _mm512_setzero_si512();
       const int64_t b_end = nblk < sb * 4 + 4 ? nblk : sb * 4 + 4;
@@ -78,12 +93,13 @@ void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 
 
 template <int E>
 void dispatch(int jv, const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 last, const uint8_t* qt,
-              const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums) {
+              const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums,
+              const uint8_t* next, int64_t next_bytes) {
   switch (jv) {
-    case 1: lookup_dot<1, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
-    case 2: lookup_dot<2, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
-    case 3: lookup_dot<3, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
-    default: lookup_dot<4, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums); break;
+    case 1: lookup_dot<1, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    case 2: lookup_dot<2, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    case 3: lookup_dot<3, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    default: lookup_dot<4, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
   }
 }
 
@@ -198,16 +214,21 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
     const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
     const uint8_t* idx = in_place ? reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8 : buf;
     if (!in_place) unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, pt.count, nblk, pt.split4, buf);
+    // The packed bytes of the next row this task computes (the part's rows lie pt.words apart).
+    const bool more = (r + 1) * v < n1 && r + 1 < pt.rows;
+    const int64_t row_bytes = (pt.skip_bits % 8 + pt.count * pt.bits + 7) / 8;
+    const uint8_t* next = more ? reinterpret_cast<const uint8_t*>(row + pt.words) + pt.skip_bits / 8 : nullptr;
     for (int64_t jc = 0; jc < v; jc += 4) {
       const int64_t nb = r * v + jc, jv = lo(4, v - jc);
       if (nb + jv <= n0 || nb >= n1) continue;
       const uint8_t* qt = pt.qt + jc * pt.qentries;
+      const int64_t next_bytes = more && jc == 0 ? row_bytes : 0;
       if (pt.qentries == 512)
-        dispatch<512>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums);
+        dispatch<512>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes);
       else if (pt.qentries == 256)
-        dispatch<256>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums);
+        dispatch<256>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes);
       else
-        dispatch<64>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums);
+        dispatch<64>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes);
       for (int64_t m = 0; m < M; ++m)
         for (int64_t jj = 0; jj < jv; ++jj) {
           const int64_t n = nb + jj;
