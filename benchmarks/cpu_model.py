@@ -34,7 +34,8 @@ def cpu_isa() -> str:
                 break
     except OSError:
         pass
-    auto = "avx512" if {"avx512vbmi", "avx512_vnni"} <= flags else "avx2" if "avx2" in flags else \
+    auto = "avx512" if {"avx512vbmi", "avx512_vnni"} <= flags else "avxvnni" if "avx_vnni" in flags else \
+        "avx2" if "avx2" in flags else \
         "neon" if platform.machine() in ("aarch64", "arm64") else "scalar"
     cap = os.environ.get("VQ2TRT_ISA")
     return f"{auto} (capped: {cap})" if cap else auto

@@ -71,13 +71,13 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
     std::vector<float> x(size_t(M * d.K)), ref(size_t(M * d.N)), y(size_t(M * d.N));
     for (auto& v : x) v = g(rng);
     vq_gemm_reference(w.desc, x.data(), M, ref.data());
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kNeon}) {
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512, Isa::kNeon}) {
       if (native_isa(isa) != isa) continue;  // not on this CPU or not in this build
       for (int level : {0, 4}) {
         PrepackedPtr p = prepack(w.desc, level, isa);
         vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
         // int8 routes exist on x86 only (AVX2: parts with k <= 16, and v = 4 parts with k <= 256)
-        const bool int8 = level == 4 && (isa == Isa::kAvx512 || isa == Isa::kAvx2);
+        const bool int8 = level == 4 && (isa == Isa::kAvx512 || isa == Isa::kAvxVnni || isa == Isa::kAvx2);
         const std::string what = std::string(name) + " M=" + std::to_string(M) + " isa=" + isa_name(isa) +
                                  " level=" + std::to_string(level);
         compare(what.c_str(), y, ref, int8 ? kInt8RelTol : kFloatRelTol);
@@ -96,12 +96,14 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
     // Level 4 on AVX2 (prefill: int16 products, prefill_int8_avx2.cpp; decode of 256-entry
     // tables: gathers, decode_int8_avx2.cpp) against AVX-512's where both put the same parts on
     // the int8 route: same quantized x and tables, so float32 rounding apart.
-    if (native_isa(Isa::kAvx512) == Isa::kAvx512 && same_int8_parts(d)) {
-      PrepackedPtr p2 = prepack(w.desc, 4, Isa::kAvx2), p5 = prepack(w.desc, 4, Isa::kAvx512);
+    // AVX-VNNI (vpdpbusd on the k <= 16 tables) is held to the same bound.
+    for (Isa isa : {Isa::kAvx2, Isa::kAvxVnni}) {
+      if (native_isa(Isa::kAvx512) != Isa::kAvx512 || native_isa(isa) != isa || !same_int8_parts(d)) continue;
+      PrepackedPtr p2 = prepack(w.desc, 4, isa), p5 = prepack(w.desc, 4, Isa::kAvx512);
       std::vector<float> y5(y.size());
       vq_gemm(*p2, DType::kFloat32, x.data(), M, y.data());
       vq_gemm(*p5, DType::kFloat32, x.data(), M, y5.data());
-      const std::string what = std::string(name) + " M=" + std::to_string(M) + " level-4 avx2 vs avx512";
+      const std::string what = std::string(name) + " M=" + std::to_string(M) + " level-4 " + isa_name(isa) + " vs avx512";
       compare(what.c_str(), y, y5, kPrefillDecodeRelTol);
     }
     // Half and bfloat16 activations: inputs rounded first, so the reference sees the same X.

@@ -71,7 +71,8 @@ struct Segment {
 struct Prepacked {
   VQGemmDims dims;
   int accuracy_level = 0;
-  Isa isa = Isa::kScalar;
+  Isa isa = Isa::kScalar;        // never kAvxVnni: that is kAvx2 with avx_vnni
+  bool avx_vnni = false;         // the k <= 16 int8 parts take avx2::part_int8_vnni
   std::vector<int32_t> perm;
   std::vector<float> pscale;     // col_scale[perm[p]] (1 when not normalised), permuted order
   std::vector<float> col_bias;   // original order, empty when not normalised
@@ -140,6 +141,11 @@ namespace avx2 {
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
                int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
+// As part_int8 with AVX-VNNI: the unsigned tables (w + 128) straight into vpdpbusd, and corr
+// taken off as on AVX-512 (int8_avx2.cpp; only called when the CPU reported avxvnni).
+void part_int8_vnni(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
+                    int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
+                    int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
 // As part_float for a part with v = 4 and byte-aligned 8-bit indices: the same float32 products,
 // summed in another order (decode_avx2.cpp).
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);

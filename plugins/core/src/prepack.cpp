@@ -11,12 +11,38 @@ namespace vq2trt {
 
 void PrepackedDeleter::operator()(Prepacked* p) const { delete p; }
 
+namespace {
+
+bool cpu_has_avx_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avxvnni");
+#else
+  return false;
+#endif
+}
+
+// x86 ISAs in order of capability (kAvxVnni between AVX2 and AVX-512).
+int rank(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx2: return 1;
+    case Isa::kAvxVnni: return 2;
+    case Isa::kAvx512: return 3;
+    default: return 0;
+  }
+}
+
+bool is_x86(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512; }
+
+}  // namespace
+
 Isa detect_isa() {
   static const Isa detected = [] {
     Isa isa = Isa::kScalar;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = Isa::kAvx2;
+    if (cpu_has_avx_vnni()) isa = Isa::kAvxVnni;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni"))
@@ -24,10 +50,13 @@ Isa detect_isa() {
 #elif defined(__aarch64__)
     isa = Isa::kNeon;  // Advanced SIMD is part of the ARMv8-A base architecture
 #endif
-    // VQ2TRT_ISA=scalar|avx2 caps the choice, to compare paths on one machine.
+    // VQ2TRT_ISA=scalar|avx2|avxvnni caps the choice, to compare paths on one machine (avx2:
+    // plain AVX2, as on AVX2-only CPUs such as Zen 3; avxvnni: where the CPU has AVX-VNNI).
     if (const char* cap = std::getenv("VQ2TRT_ISA")) {
       if (!std::strcmp(cap, "scalar")) isa = Isa::kScalar;
-      if (!std::strcmp(cap, "avx2") && isa == Isa::kAvx512) isa = Isa::kAvx2;
+      if (!std::strcmp(cap, "avx2") && rank(isa) > rank(Isa::kAvx2)) isa = Isa::kAvx2;
+      if (!std::strcmp(cap, "avxvnni") && rank(isa) > rank(Isa::kAvxVnni))
+        isa = cpu_has_avx_vnni() ? Isa::kAvxVnni : Isa::kAvx2;
     }
     return isa;
   }();
@@ -39,15 +68,18 @@ Isa native_isa(Isa wanted) {
   if (wanted == Isa::kScalar || best == Isa::kScalar) return Isa::kScalar;
   // An x86 request on an ARM build (or the reverse) means "this machine's best": tests and
   // callers name ISAs without knowing which architecture they were compiled for.
-  const bool x86 = best == Isa::kAvx2 || best == Isa::kAvx512;
-  if (x86 != (wanted == Isa::kAvx2 || wanted == Isa::kAvx512)) return best;
-  return wanted < best ? wanted : best;
+  if (is_x86(best) != is_x86(wanted)) return best;
+  if (!is_x86(best)) return best;
+  if (rank(wanted) >= rank(best)) return best;
+  // Below the best: AVX-512 CPUs need not have AVX-VNNI (Zen 4 has not).
+  return wanted == Isa::kAvxVnni && !cpu_has_avx_vnni() ? Isa::kAvx2 : wanted;
 }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "avx2";
+    case Isa::kAvxVnni: return "avxvnni";
     case Isa::kAvx512: return "avx512";
     case Isa::kNeon: return "neon";
   }
@@ -135,6 +167,9 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   p.dims = d;
   p.accuracy_level = accuracy_level;
   p.isa = native_isa(isa);
+  // AVX-VNNI only changes the k <= 16 int8 kernel: everything else runs the AVX2 code.
+  p.avx_vnni = p.isa == Isa::kAvxVnni;
+  if (p.avx_vnni) p.isa = Isa::kAvx2;
   // kScalar: no int8 tables (NEON has no int8 route yet: its level 4 is the float path)
   const Isa int8 = accuracy_level >= 4 && p.isa != Isa::kNeon ? p.isa : Isa::kScalar;
   p.perm.assign(w.perm, w.perm + d.K);

@@ -99,7 +99,7 @@ void run_rows(void* arg, size_t task) {
       if (p.isa == Isa::kAvx2 && q.w8 && q.qentries > 16)
         return avx2::part_int8_gather(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                   c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
-      (p.isa == Isa::kAvx512 ? avx512::part_int8 : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
+      (p.isa == Isa::kAvx512 ? avx512::part_int8 : p.avx_vnni ? avx2::part_int8_vnni : avx2::part_int8)(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset,
                         p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
 #else
       (void)q, (void)yq, (void)ys, (void)y0, (void)nseg;  // no int8 parts outside x86 (prepack)

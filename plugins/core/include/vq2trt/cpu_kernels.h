@@ -23,7 +23,10 @@ struct ParallelFor {
 
 // Instruction sets a kernel may use; detect_isa() asks the CPU at run time. kNeon is the
 // aarch64 build's (ARMv8-A Advanced SIMD); x86 builds never report it, ARM builds never AVX.
-enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 /* F, BW, VL, VBMI, VNNI */, kNeon = 3 };
+// kAvxVnni is AVX2 plus AVX-VNNI (vpdpbusd on 256-bit registers: Intel's Alder Lake and later
+// client cores, which have no AVX-512, and Zen 5): ranked between kAvx2 and kAvx512, but an
+// AVX-512 CPU without it (Zen 4) serves a kAvxVnni request as kAvx2.
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 /* F, BW, VL, VBMI, VNNI */, kNeon = 3, kAvxVnni = 4 };
 Isa detect_isa();
 // The ISA prepack() uses for a request: at most detect_isa(), and this build's best for a
 // request of the other architecture.
@@ -38,7 +41,7 @@ using PrepackedPtr = std::unique_ptr<Prepacked, PrepackedDeleter>;
 // activations (per 256-column block) and the codebooks (per component, centred) to int8, on
 // AVX-512 VNNI, at every M (decode and prefill), except the first 64 permuted columns (the most
 // salient), which stay float32. On AVX2-only CPUs the int8 route covers parts with k <= 16
-// (vpshufb tables), v = 4 parts with k <= 256 and v = 3 parts with k <= 512 (gathers in decode,
+// (vpshufb tables; with AVX-VNNI, vpdpbusd on them), v = 4 parts with k <= 256 and v = 3 parts with k <= 512 (gathers in decode,
 // int16 tiles with vpmaddwd in prefill), at every M; NEON stays float32. `isa` caps the
 // instruction set (tests compare every level against the scalar path).
 // The weight must have passed validate_dims; the data need not be validated for memory
