@@ -73,6 +73,9 @@ struct Prepacked {
   int accuracy_level = 0;
   Isa isa = Isa::kScalar;        // never kAvxVnni: that is kAvx2 with avx_vnni
   bool avx_vnni = false;         // the k <= 16 int8 parts take avx2::part_int8_vnni
+  // AVX2 decode of 256/512-entry int8 parts by vpgatherdd (decode_int8_avx2.cpp); off where
+  // gathers are slow (AMD before Zen 4: see avx2_gather_is_fast), where the float kernel wins.
+  bool avx2_gather = true;
   std::vector<int32_t> perm;
   std::vector<float> pscale;     // col_scale[perm[p]] (1 when not normalised), permuted order
   std::vector<float> col_bias;   // original order, empty when not normalised

@@ -34,6 +34,23 @@ int rank(Isa isa) {
 
 bool is_x86(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512; }
 
+// vpgatherdd on AMD's AVX2-only cores (Zen 1-3; Zen 4 on has AVX-512 and never asks) is
+// microcoded and slow: on a Zen 3 EPYC the 8-column gather kernel ran the v4-k256 decode chain at
+// 0.86x the float kernel's speed (RESULTS.md), while on Intel it is 1.5x faster. VQ2TRT_GATHER=0|1
+// overrides, to compare both on one machine.
+bool avx2_gather_is_fast() {
+  if (const char* g = std::getenv("VQ2TRT_GATHER")) {
+    if (!std::strcmp(g, "0")) return false;
+    if (!std::strcmp(g, "1")) return true;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 Isa detect_isa() {
@@ -170,6 +187,7 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   // AVX-VNNI only changes the k <= 16 int8 kernel: everything else runs the AVX2 code.
   p.avx_vnni = p.isa == Isa::kAvxVnni;
   if (p.avx_vnni) p.isa = Isa::kAvx2;
+  p.avx2_gather = p.isa == Isa::kAvx2 && avx2_gather_is_fast();
   // kScalar: no int8 tables (NEON has no int8 route yet: its level 4 is the float path)
   const Isa int8 = accuracy_level >= 4 && p.isa != Isa::kNeon ? p.isa : Isa::kScalar;
   p.perm.assign(w.perm, w.perm + d.K);

@@ -85,6 +85,11 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
+  // Decode on AVX2 without fast gathers: 256/512-entry parts take the float kernel (x' is there
+  // at every level) instead of decode_int8_avx2.cpp; prefill keeps its int16 tiles.
+  auto int8_route = [&](const Part& q) {
+    return q.int8 && !(p.isa == Isa::kAvx2 && !p.avx2_gather && c.M <= kMaxInt8Rows && q.w8 && q.qentries > 16);
+  };
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
@@ -105,9 +110,9 @@ void run_rows(void* arg, size_t task) {
       (void)q, (void)yq, (void)ys, (void)y0, (void)nseg;  // no int8 parts outside x86 (prepack)
 #endif
     };
-    if (c.use_int8 && pt.int8) {
+    if (c.use_int8 && int8_route(pt)) {
       int8_part(pt, c.y, N, 0);
-    } else if (c.use_int8 && i + 1 < p.parts.size() && p.parts[i + 1].int8 &&
+    } else if (c.use_int8 && i + 1 < p.parts.size() && int8_route(p.parts[i + 1]) &&
                p.parts[i + 1].indices == pt.indices && p.parts[i + 1].col0 == pt.col0 + pt.count) {
       const int64_t rows = n1 - n0;
       tail.assign(size_t(c.M * rows), 0.f);
