@@ -22,16 +22,20 @@ from vq2trt.export.op import DOMAIN, OP_TYPE, OP_VERSION, attributes, weight_inp
 from vq2trt.format import VQWeight, packed_words
 
 
-def random_vq(rng, n: int, k_in: int, v: int, k: int) -> VQWeight:
+def random_vq(rng, n: int, k_in: int, v: int, k: int, k_res: int = 0) -> VQWeight:
     """A VQ weight with random indices, packed directly: with k = 2^b every bit pattern is a
-    valid index and C·b is a multiple of 32 here, so random words are a valid packing."""
-    b = index_bits(k)
-    assert (1 << b) == k and k_in * b % 32 == 0
-    rows = -(-n // v)
-    words = rng.integers(0, 2**32, (rows, packed_words(k_in, b)), dtype=np.uint64).astype(np.uint32)
+    valid index and C·b is a multiple of 32 here, so random words are a valid packing.
+    k_res > 0 adds a residual codebook of that many entries (same vector length)."""
+    def words(kk):
+        b = index_bits(kk)
+        assert (1 << b) == kk and k_in * b % 32 == 0
+        return rng.integers(0, 2**32, (-(-n // v), packed_words(k_in, b)), dtype=np.uint64).astype(np.uint32).view(np.int32)
+
+    res = dict(res_indices=words(k_res), res_codebook=(rng.standard_normal((1, k_res, v)) * 0.005).astype(np.float16)) \
+        if k_res else {}
     return VQWeight(out_features=n, in_features=k_in, num_outlier_cols=0,
-                    perm=rng.permutation(k_in).astype(np.int32), indices=words.view(np.int32),
-                    codebook=(rng.standard_normal((1, k, v)) * 0.02).astype(np.float16))
+                    perm=rng.permutation(k_in).astype(np.int32), indices=words(k),
+                    codebook=(rng.standard_normal((1, k, v)) * 0.02).astype(np.float16), **res)
 
 
 def chain_model(nodes, inits, dim: int, extra_opsets=()):
@@ -42,11 +46,11 @@ def chain_model(nodes, inits, dim: int, extra_opsets=()):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), *extra_opsets])
 
 
-def vq_chain(rng, layers, dim, v, k, level):
+def vq_chain(rng, layers, dim, v, k, level, k_res=0):
     from onnx import helper, numpy_helper
     nodes, inits, nbytes = [], [], 0
     for i in range(layers):
-        w = random_vq(rng, dim, dim, v, k)
+        w = random_vq(rng, dim, dim, v, k, k_res)
         names = []
         for name, a in weight_inputs(w).items():
             inits.append(numpy_helper.from_array(np.ascontiguousarray(a), f"l{i}.{name}"))
@@ -113,10 +117,11 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
-    for label, v, k in (("v4-k256 (default)", 4, 256), ("v2-k16 (CPU-friendly)", 2, 16)):
+    for label, v, k, kr in (("v4-k256 (default)", 4, 256, 0), ("v4-k16-r16 (AVX2 vpshufb)", 4, 16, 16),
+                            ("v2-k16 (CPU-friendly)", 2, 16, 0)):
         for level in (0, 4):
             rows.append((f"VQGemm {label}, accuracy_level {level}",
-                         lambda v=v, k=k, level=level: vq_chain(rng, args.layers, args.dim, v, k, level)))
+                         lambda v=v, k=k, kr=kr, level=level: vq_chain(rng, args.layers, args.dim, v, k, level, kr)))
     for bits in (4, 2):
         rows.append((f"MatMulNBits {bits}-bit g128, accuracy_level 4",
                      lambda bits=bits: nbits_chain(rng, args.layers, args.dim, bits)))

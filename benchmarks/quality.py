@@ -58,6 +58,8 @@ class Row:
 D_SMALL, D_LARGE, D_XL = 32_768, 131_072, 262_144
 # Around 3.3 bits the allocation steps from ~2 to ~3 to ~4 index bits.
 C_33 = "v4-k256-o1,v3-k512-o1,v2-k256-o1"
+# The 16-entry family (two 16-entry codebooks per vector: the AVX2 vpshufb route) at ~2.3 bits.
+C_R16 = "v4-k16-r16,v4-k16-r16-o1,v3-k16-r16-o1"
 # 8x the default 64 x 512 calibration tokens (Hessians and allocation sensitivities).
 CAL_128x2048 = {"calib_samples": 128, "calib_seqlen": 2048}
 # Distillation's discrete step (vq2trt.index_step): every 2 optimizer steps, up to 0.5 % of each layer's vectors.
@@ -73,6 +75,11 @@ ROWS = [
     Row("vptq-2+d-s", "v4-k256", "~2", distill_tokens=D_SMALL, lever="+ distillation (small)"),
     Row("vptq-2-k16", "v2-k16", "~2", lever="VPTQ, the AVX2-friendly format"),
     Row("vptq-2-k16+d-s", "v2-k16", "~2", distill_tokens=D_SMALL, lever="+ distillation (small)"),
+    Row("vptq-2-r16", "v4-k16-r16", "~2", lever="VPTQ, 16 + 16 additive codebooks (vpshufb on AVX2)"),
+    Row("vptq-2.3-r16", "v4-k16-r16", "~2.3", target_bits=2.3, candidates=C_R16,
+        lever="+ bit allocation, 16 + 16 family"),
+    Row("vptq-2.3-r16+d-s", "v4-k16-r16", "~2.3", target_bits=2.3, candidates=C_R16, distill_tokens=D_SMALL,
+        lever="+ distillation (small)"),
     Row("gptq-2.3", "gptq-w2g64", "~2.3", lever="GPTQ"),
     Row("vptq-2.3", "v4-k256", "~2.3", target_bits=2.3, lever="+ bit allocation"),
     Row("vptq-2.3+d-s", "v4-k256", "~2.3", target_bits=2.3, distill_tokens=D_SMALL, lever="+ distillation (small)"),

@@ -240,6 +240,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     # up 32 weights with one vpshufb. On SmolLM2 its quality is far worse than v4-k256's
     # (RESULTS.md), so it is a speed reference, not a default.
     "v2-k16": dict(vector_len=2, num_centroids=16),
+    # ~2 bits as two 16-entry codebooks of 4-vectors (main + residual, 4 + 4 index bits per 4
+    # weights): an additive 256-point codebook that the int8 route reads with vpshufb, not a
+    # gather. Between v2-k16 and v4-k256 in quality on SmolLM2 (RESULTS.md).
+    "v4-k16-r16": dict(vector_len=4, num_centroids=16, num_res_centroids=16),
+    # Its steps up for --target-bits (candidates of the same 16-entry family): + 1 % outlier
+    # columns (v2-k256), and 4 + 4 bits per 3 weights (2.67 bits) with them.
+    "v4-k16-r16-o1": dict(vector_len=4, num_centroids=16, num_res_centroids=16, outlier_frac=0.01,
+                          outlier_vector_len=2, outlier_num_centroids=256),
+    "v3-k16-r16-o1": dict(vector_len=3, num_centroids=16, num_res_centroids=16, outlier_frac=0.01,
+                          outlier_vector_len=2, outlier_num_centroids=256),
     # Paper's 2-bit settings for 7B+ models (1 MiB codebook per layer pays off only there).
     "v8-k65536": dict(vector_len=8, num_centroids=65536, outlier_frac=0.01, outlier_vector_len=4,
                       outlier_num_centroids=4096),

@@ -3,6 +3,7 @@
 // scalar reference on random formats.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <initializer_list>
 #include <random>
 #include <string>
@@ -24,6 +25,11 @@ constexpr double kHalfRelTol = 2e-3, kBf16RelTol = 1.6e-2;
 // (relative step 1/254 each, errors of random sign; the first 64 permuted columns exact): about
 // 1% of the RMS per output, and this is the maximum over all outputs, so a few sigma of that.
 constexpr double kInt8RelTol = 5e-2;
+// AVX2's main + residual pairs (k, k_r <= 16): the two codebooks share one byte scale per
+// component, 62 steps over the sum's half range, so that the byte sums fit vpmaddubsw's 7 bits.
+// Random test codebooks have residuals as wide as the main, which makes that step 4x the
+// per-part one (a real residual is a fraction of the main's range: decode_accuracy.py).
+constexpr double kPairRelTol = 8e-2;
 // Level-4 prefill vs decode on the same rows: float32 sums in another order, next to decode's
 // float subtraction of the unsigned tables' offset (128 · Σ x, large against the result).
 constexpr double kPrefillDecodeRelTol = 1e-4;
@@ -37,7 +43,9 @@ bool same_int8_parts(const VQGemmDims& d) {
     const int b = index_bits(k);
     return b <= 4 || (b <= 8 && v == 4) || (b <= 9 && v == 3) || b > 9;
   };
-  return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
+  // AVX2 sums a k <= 16 main part and its k_r <= 16 residual in one pass on shared byte tables.
+  const bool pair = index_bits(d.k) <= 4 && d.k_r && index_bits(d.k_r) <= 4;
+  return !pair && same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
 }
 
 void compare(const char* what, const std::vector<float>& got, const std::vector<float>& ref, double tol) {
@@ -80,7 +88,9 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
         const bool int8 = level == 4 && (isa == Isa::kAvx512 || isa == Isa::kAvxVnni || isa == Isa::kAvx2);
         const std::string what = std::string(name) + " M=" + std::to_string(M) + " isa=" + isa_name(isa) +
                                  " level=" + std::to_string(level);
-        compare(what.c_str(), y, ref, int8 ? kInt8RelTol : kFloatRelTol);
+        const bool pair = (isa == Isa::kAvx2 || isa == Isa::kAvxVnni) && index_bits(d.k) <= 4 && d.k_r &&
+                          index_bits(d.k_r) <= 4;
+        compare(what.c_str(), y, ref, int8 ? (pair ? kPairRelTol : kInt8RelTol) : kFloatRelTol);
       }
     }
     // Level 4 prefill (M > 8) against the decode route row by row: the same quantized x and byte
@@ -121,6 +131,32 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
       const std::string what = std::string(name) + " M=" + std::to_string(M) + " " + dtype_name(t);
       compare(what.c_str(), yr, ref, t == DType::kFloat16 ? kHalfRelTol : kBf16RelTol);
     }
+  }
+}
+
+// The pair route is the one taken on AVX2 at level 4 (its sums differ from those of the two
+// parts on their own, which VQ2TRT_PAIR=0 restores), and both stay within the int8 tolerance.
+void check_pair_route(std::mt19937& rng, const VQGemmDims& d) {
+  if (native_isa(Isa::kAvx2) != Isa::kAvx2) return;
+  test::RandomWeight w = test::random_weight(rng, d);
+  const int64_t M = 3;
+  std::vector<float> x(size_t(M * d.K)), ref(size_t(M * d.N)), y(ref.size()), y0(ref.size());
+  std::normal_distribution<float> g(0.f, 1.f);
+  for (auto& v : x) v = g(rng);
+  vq_gemm_reference(w.desc, x.data(), M, ref.data());
+  PrepackedPtr p = prepack(w.desc, 4, Isa::kAvx2);
+  setenv("VQ2TRT_PAIR", "0", 1);
+  PrepackedPtr p0 = prepack(w.desc, 4, Isa::kAvx2);
+  unsetenv("VQ2TRT_PAIR");
+  vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
+  vq_gemm(*p0, DType::kFloat32, x.data(), M, y0.data());
+  char name[96];
+  std::snprintf(name, sizeof(name), "pair route N=%ld K=%ld v=%ld", long(d.N), long(d.K), long(d.v));
+  compare((std::string(name) + " paired").c_str(), y, ref, kPairRelTol);
+  compare((std::string(name) + " unpaired").c_str(), y0, ref, kInt8RelTol);
+  if (y == y0) {
+    ++failures;
+    std::printf("FAIL %s: same sums with and without pairing (pair kernel not taken)\n", name);
   }
 }
 
@@ -204,6 +240,21 @@ int main() {
       {40, 600, 3, 3, 300, 2, 16, 2, 16, false, false},
   };
   for (const auto& d : prefill4) check_weight(rng, d, {9, 11, 16, 21, 29, 64});
+  // AVX2 main + residual pairs with k, k_r <= 16 (pair_int8_avx2.cpp, one pass on one byte scale):
+  // SmolLM2's shape, the -o1 family members (v = 4 and 3 with 8-bit outliers, N not a multiple of
+  // v, groups), codebooks smaller than 16, v = 6 (a 4- and a 2-component pass), decode and prefill
+  // row counts (two activation rows a pass, one left over).
+  const VQGemmDims pairs[] = {
+      {64, 576, 0, 4, 16, 1, 16, 0, 0, true, false},
+      {37, 300, 5, 4, 16, 1, 16, 2, 256, true, true},
+      {46, 333, 4, 3, 16, 2, 16, 2, 256, false, true},
+      {20, 130, 0, 4, 12, 1, 9, 0, 0, false, false},
+      {9, 100, 0, 6, 16, 1, 16, 0, 0, false, false},
+  };
+  for (const auto& d : pairs) {
+    check_weight(rng, d, {1, 2, 3, 8, 9, 13, 64});
+    check_pair_route(rng, d);
+  }
   // Random formats.
   for (int t = 0; t < 24; ++t) {
     VQGemmDims d;

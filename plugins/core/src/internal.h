@@ -50,6 +50,18 @@ struct Part {
   // AVX2 int8 route, v = 3 or 4: the centroids as 4 signed bytes in one int32 (v = 3: the 4th
   // zero), [qentries] (decode_int8_avx2.cpp gathers 8 of them at once).
   std::vector<int32_t> wtab8;
+  // AVX2 int8 route, a main part with k <= 16 whose residual (k_r <= 16) covers the same
+  // columns: both are summed in one pass (pair_int8_avx2.cpp) from byte tables on one scale per
+  // component, [v, 32]: 16 main bytes (64 + round((c_m - centre_m) / s)), then 16 residual bytes
+  // (round((c_r - centre_r) / s), signed), with s = (half range_m + half range_r) / 62, so that
+  // any main + residual byte sum lies in [1, 127]: vpmaddubsw's unsigned operand, no saturation.
+  // The weight is pcenter[j] + pscale[j] · (sum - 64). pair: the residual's index in parts;
+  // paired: this is that residual (its work is done with the main's).
+  int64_t entries = 0;          // codebook entries (k); the tables have 2^bits
+  int64_t pair = -1;
+  bool paired = false;
+  std::vector<uint8_t> ptab;
+  std::vector<float> pscale, pcenter;
   // Raw views of the vectors above: the ISA files must not call std::vector members.
   const float* ft = nullptr;
   const float* ft4 = nullptr;   // ftab4, or null
@@ -58,6 +70,9 @@ struct Part {
   const float* qc = nullptr;
   const int16_t* w16 = nullptr;  // wtab16, or null
   const int32_t* w8 = nullptr;   // wtab8, or null
+  const uint8_t* pt = nullptr;   // ptab, or null
+  const float* ps = nullptr;
+  const float* pc = nullptr;
 };
 
 // A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64). It
@@ -76,6 +91,9 @@ struct Prepacked {
   // AVX2 decode of 256/512-entry int8 parts by vpgatherdd (decode_int8_avx2.cpp); off where
   // gathers are slow (AMD before Zen 4: see avx2_gather_is_fast), where the float kernel wins.
   bool avx2_gather = true;
+  // AVX2 int8 route: main + residual k <= 16 pairs in one pass (Part::pair); VQ2TRT_PAIR=0 turns
+  // it off (each part on its own, as the other ISAs do), to compare.
+  bool avx2_pairs = false;
   std::vector<int32_t> perm;
   std::vector<float> pscale;     // col_scale[perm[p]] (1 when not normalised), permuted order
   std::vector<float> col_bias;   // original order, empty when not normalised
@@ -149,6 +167,11 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
 void part_int8_vnni(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx,
                     int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
                     int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
+// A main part and its residual (main.pair) in one pass, at any M: same arguments as part_int8
+// (corr: the 128 · Σ x offset; the pair tables carry 64, so half of it is taken off).
+void part_pair_k16(const Part& main, const Part& res, const int8_t* xq, int64_t xq_stride, const float* sx,
+                   int64_t sx_stride, const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y,
+                   int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch);
 // As part_float for a part with v = 4 and byte-aligned 8-bit indices: the same float32 products,
 // summed in another order (decode_avx2.cpp).
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);

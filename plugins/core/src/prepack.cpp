@@ -51,6 +51,44 @@ bool avx2_gather_is_fast() {
 #endif
 }
 
+bool avx2_pairs_enabled() {
+  const char* e = std::getenv("VQ2TRT_PAIR");
+  return !(e && !std::strcmp(e, "0"));
+}
+
+// Part::ptab for a main part and its residual (both k <= 16, same columns and v).
+void make_pair_tables(Part& m, const Part& r) {
+  const int64_t v = m.v;
+  m.ptab.assign(size_t(v * 32), 0);
+  m.pscale.assign(size_t(v), 1.f);
+  m.pcenter.assign(size_t(v), 0.f);
+  auto range = [v](const Part& q, int64_t j, float& c, float& half) {
+    float lo = q.ftab[size_t(j)], hi = lo;
+    for (int64_t i = 0; i < q.entries; ++i) {
+      lo = std::min(lo, q.ftab[size_t(i * v + j)]);
+      hi = std::max(hi, q.ftab[size_t(i * v + j)]);
+    }
+    c = 0.5f * (lo + hi);
+    half = std::max(hi - c, c - lo);
+  };
+  for (int64_t j = 0; j < v; ++j) {
+    float cm, hm, cr, hr;
+    range(m, j, cm, hm);
+    range(r, j, cr, hr);
+    // 62, not 63: each table rounds by up to 1/2, so the two bytes' offsets sum to at most 63.
+    const float s = hm + hr > 0.f ? (hm + hr) / 62.f : 1.f;
+    m.pscale[size_t(j)] = s;
+    m.pcenter[size_t(j)] = cm + cr;
+    uint8_t* t = m.ptab.data() + j * 32;
+    for (int64_t i = 0; i < 16; ++i) {  // entries >= k: weight offset 0 (never indexed by valid data)
+      const float a = i < m.entries ? std::nearbyint((m.ftab[size_t(i * v + j)] - cm) / s) : 0.f;
+      const float b = i < r.entries ? std::nearbyint((r.ftab[size_t(i * v + j)] - cr) / s) : 0.f;
+      t[i] = uint8_t(64 + int(std::clamp(a, -63.f, 63.f)));
+      t[16 + i] = uint8_t(int8_t(int(std::clamp(b, -63.f, 63.f))));
+    }
+  }
+}
+
 }  // namespace
 
 Isa detect_isa() {
@@ -120,6 +158,7 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
   Part p;
   p.col0 = col0;
   p.count = count;
+  p.entries = k;
   p.v = v;
   p.rows = ceil_div(N, v);
   p.bits = index_bits(k);
@@ -188,6 +227,7 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   p.avx_vnni = p.isa == Isa::kAvxVnni;
   if (p.avx_vnni) p.isa = Isa::kAvx2;
   p.avx2_gather = p.isa == Isa::kAvx2 && avx2_gather_is_fast();
+  p.avx2_pairs = p.isa == Isa::kAvx2 && avx2_pairs_enabled();
   // kScalar: no int8 tables (NEON has no int8 route yet: its level 4 is the float path)
   const Isa int8 = accuracy_level >= 4 && p.isa != Isa::kNeon ? p.isa : Isa::kScalar;
   p.perm.assign(w.perm, w.perm + d.K);
@@ -270,6 +310,21 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
       add_part(std::move(res));
     }
   }
+  // AVX2: each int8 main part with k <= 16 and its residual's int8 part over the same columns.
+  if (int8 == Isa::kAvx2 && p.avx2_pairs && d.k_r)
+    for (Part& m : p.parts) {
+      if (!m.int8 || m.indices != w.indices || m.qentries != 16) continue;
+      for (size_t j = 0; j < p.parts.size(); ++j) {
+        Part& r = p.parts[j];
+        if (r.int8 && r.indices == w.res_indices && r.qentries == 16 && r.col0 == m.col0 && r.count == m.count &&
+            r.v == m.v && r.split4 == m.split4 && r.segment == m.segment) {
+          make_pair_tables(m, r);
+          m.pair = int64_t(j);
+          r.paired = true;
+          break;
+        }
+      }
+    }
   // Raw views last: add_part copies parts, and push_back may move them.
   for (Part& q : p.parts) {
     q.ft = q.ftab.data();
@@ -279,6 +334,9 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     q.qc = q.int8 ? q.qcenter.data() : nullptr;
     q.w16 = q.int8 && !q.wtab16.empty() ? q.wtab16.data() : nullptr;
     q.w8 = q.int8 && !q.wtab8.empty() ? q.wtab8.data() : nullptr;
+    q.pt = q.ptab.empty() ? nullptr : q.ptab.data();
+    q.ps = q.pscale.empty() ? nullptr : q.pscale.data();
+    q.pc = q.pcenter.empty() ? nullptr : q.pcenter.data();
   }
   p.max_count = 0;
   for (const Part& q : p.parts) p.max_count = std::max(p.max_count, q.count);

@@ -95,6 +95,11 @@ void run_rows(void* arg, size_t task) {
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
 #if VQ2TRT_X86
       const Segment& s = p.segments[size_t(q.segment)];
+      if (q.paired) return;  // summed with its main part
+      if (q.pair >= 0)
+        return avx2::part_pair_k16(q, p.parts[size_t(q.pair)], c.xq + s.byte_offset, p.xq_bytes,
+                                   c.sx + s.block_offset, p.xq_blocks, c.corr + q.segment, c.xsum + q.segment, nseg,
+                                   c.M, yq, ys, y0, n0, n1, scratch);
       if (c.M > kMaxInt8Rows && p.isa == Isa::kAvx512)
         return avx512::part_int8_prefill(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                          c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
