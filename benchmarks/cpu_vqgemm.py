@@ -3,8 +3,10 @@
 One run prints one table: a chain of LAYERS Linear layers DIM x DIM (bigger than the last-level
 cache, so every layer streams its weights from memory), batch 1, in ONNX Runtime on the CPU EP
 with 2 intra-op threads, sequential execution, graph optimisation on. Per row: median ms per
-chain over RUNS runs after warm-up, and the weight bytes it streams (all-in: indices, codebooks,
-perm, scales) divided by that time.
+chain over RUNS runs after warm-up (rows one after another: compare within a run), the weight bytes
+it streams (all-in: indices, codebooks, perm, scales) divided by that time, and the ratios to
+MatMulNBits 4-bit and to the 2-bit memory floor (the float32 chain's bandwidth at 2 bits/weight).
+VQ2TRT_ISA caps vq2trt's kernels (MLAS keeps its own choice); the header names the CPU and ISA.
 
     .venv/bin/python benchmarks/cpu_vqgemm.py [--layers 16] [--dim 4096] [--runs 30] [--threads 2] [--rows 1]
 """
@@ -29,7 +31,8 @@ def random_vq(rng, n: int, k_in: int, v: int, k: int, k_res: int = 0) -> VQWeigh
     def words(kk):
         b = index_bits(kk)
         assert (1 << b) == kk and k_in * b % 32 == 0
-        return rng.integers(0, 2**32, (-(-n // v), packed_words(k_in, b)), dtype=np.uint64).astype(np.uint32).view(np.int32)
+        shape = (-(-n // v), packed_words(k_in, b))
+        return rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32).view(np.int32)
 
     res = dict(res_indices=words(k_res), res_codebook=(rng.standard_normal((1, k_res, v)) * 0.005).astype(np.float16)) \
         if k_res else {}
@@ -89,14 +92,30 @@ def float_chain(rng, layers, dim):
     return chain_model(nodes, inits, dim), layers * dim * dim * 4
 
 
-def time_chain(model, threads: int, runs: int, warmup: int = 5, rows: int = 1) -> float:
+def make_session(model, threads: int, env: dict | None = None):
+    """env: variables set while the session is created (the kernels read VQ2TRT_* at prepack)."""
+    import os
+
     import onnxruntime as ort
 
     from vq2trt.runtime.library import session_options
-    so = session_options(intra_op_threads=threads)
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).standard_normal((rows, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
-    feed = {"h0": x.astype(np.float32)}
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        return ort.InferenceSession(model.SerializeToString(), session_options(intra_op_threads=threads),
+                                    providers=["CPUExecutionProvider"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def time_session(sess, dim: int, rows: int, runs: int, warmup: int = 5) -> float:
+    """Median ms per chain. Rows are timed one after another: with every session alive and turns
+    taken run by run or in blocks, all rows ran 2-3x slower here (idle pools' spinning threads)."""
+    feed = {"h0": np.random.default_rng(1).standard_normal((rows, dim)).astype(np.float32)}
     for _ in range(warmup):
         sess.run(None, feed)
     times = []
@@ -121,22 +140,36 @@ def main(argv=None) -> None:
                             ("v2-k16 (CPU-friendly)", 2, 16, 0)):
         for level in (0, 4):
             rows.append((f"VQGemm {label}, accuracy_level {level}",
-                         lambda v=v, k=k, kr=kr, level=level: vq_chain(rng, args.layers, args.dim, v, k, level, kr)))
+                         lambda v=v, k=k, kr=kr, level=level: vq_chain(rng, args.layers, args.dim, v, k, level, kr),
+                         None))
+        if kr:  # AVX2's one-pass main + residual kernel, opt-in (plugins/core/src/prepack.cpp)
+            rows.append((f"VQGemm {label}, accuracy_level 4, VQ2TRT_PAIR=1",
+                         lambda v=v, k=k, kr=kr: vq_chain(rng, args.layers, args.dim, v, k, 4, kr),
+                         {"VQ2TRT_PAIR": "1"}))
     for bits in (4, 2):
         rows.append((f"MatMulNBits {bits}-bit g128, accuracy_level 4",
-                     lambda bits=bits: nbits_chain(rng, args.layers, args.dim, bits)))
-    rows.append(("MatMul float32", lambda: float_chain(rng, args.layers, args.dim)))
-    print(f"chain of {args.layers} Linear {args.dim}x{args.dim}, M={args.rows}, {args.threads} intra-op threads, "
-          f"median of {args.runs} runs")
-    print("| op | bits/weight (all-in) | ms per chain | weight GB/s |")
-    print("|---|---|---|---|")
-    for name, build in rows:
-        model, nbytes = build()
-        ms = time_chain(model, args.threads, args.runs, rows=args.rows)
-        bpw = nbytes * 8 / (args.layers * args.dim * args.dim)
-        print(f"| {name} | {bpw:.3f} | {ms:.2f} | {nbytes / ms / 1e6:.2f} |", flush=True)
-        del model
+                     lambda bits=bits: nbits_chain(rng, args.layers, args.dim, bits), None))
+    rows.append(("MatMul float32", lambda: float_chain(rng, args.layers, args.dim), None))
+    import os
 
+    from machine import cpu_label
+    cap = os.environ.get("VQ2TRT_ISA")
+    built, ms = [], []
+    for name, build, env in rows:
+        model, nbytes = build()
+        ms.append(time_session(make_session(model, args.threads, env), args.dim, args.rows, args.runs))
+        built.append((name, nbytes))
+        del model
+    floor = ms[-1] * 2.0 / 32.0      # the float32 chain's bandwidth, streaming 2 bits per weight
+    nbits4 = ms[[b[0] for b in built].index("MatMulNBits 4-bit g128, accuracy_level 4")]
+    print(f"{cpu_label()}{f' (vq2trt kernels capped: VQ2TRT_ISA={cap})' if cap else ''}; chain of {args.layers} "
+          f"Linear {args.dim}x{args.dim}, M={args.rows}, {args.threads} intra-op threads, median of {args.runs} runs;"
+          f" 2-bit floor {floor:.2f} ms (the float32 chain's GB/s at 2 bits per weight)")
+    print("| op | bits/weight (all-in) | ms per chain | weight GB/s | x MatMulNBits 4-bit | x 2-bit floor |")
+    print("|---|---|---|---|---|---|")
+    for (name, nbytes), t in zip(built, ms):
+        bpw = nbytes * 8 / (args.layers * args.dim * args.dim)
+        print(f"| {name} | {bpw:.3f} | {t:.2f} | {nbytes / t / 1e6:.2f} | {t / nbits4:.2f} | {t / floor:.2f} |")
 
 if __name__ == "__main__":
     main()

@@ -43,9 +43,7 @@ bool same_int8_parts(const VQGemmDims& d) {
     const int b = index_bits(k);
     return b <= 4 || (b <= 8 && v == 4) || (b <= 9 && v == 3) || b > 9;
   };
-  // AVX2 sums a k <= 16 main part and its k_r <= 16 residual in one pass on shared byte tables.
-  const bool pair = index_bits(d.k) <= 4 && d.k_r && index_bits(d.k_r) <= 4;
-  return !pair && same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
+  return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
 }
 
 void compare(const char* what, const std::vector<float>& got, const std::vector<float>& ref, double tol) {
@@ -88,9 +86,7 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
         const bool int8 = level == 4 && (isa == Isa::kAvx512 || isa == Isa::kAvxVnni || isa == Isa::kAvx2);
         const std::string what = std::string(name) + " M=" + std::to_string(M) + " isa=" + isa_name(isa) +
                                  " level=" + std::to_string(level);
-        const bool pair = (isa == Isa::kAvx2 || isa == Isa::kAvxVnni) && index_bits(d.k) <= 4 && d.k_r &&
-                          index_bits(d.k_r) <= 4;
-        compare(what.c_str(), y, ref, int8 ? (pair ? kPairRelTol : kInt8RelTol) : kFloatRelTol);
+        compare(what.c_str(), y, ref, int8 ? kInt8RelTol : kFloatRelTol);
       }
     }
     // Level 4 prefill (M > 8) against the decode route row by row: the same quantized x and byte
@@ -134,24 +130,23 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
   }
 }
 
-// The pair route is the one taken on AVX2 at level 4 (its sums differ from those of the two
-// parts on their own, which VQ2TRT_PAIR=0 restores), and both stay within the int8 tolerance.
-void check_pair_route(std::mt19937& rng, const VQGemmDims& d) {
+// With VQ2TRT_PAIR=1 the pair route is the one taken on AVX2 at level 4 (its sums differ from
+// those of the two parts on their own, the default), and both stay within their tolerance.
+void check_pair_route(std::mt19937& rng, const VQGemmDims& d, int64_t M) {
   if (native_isa(Isa::kAvx2) != Isa::kAvx2) return;
   test::RandomWeight w = test::random_weight(rng, d);
-  const int64_t M = 3;
   std::vector<float> x(size_t(M * d.K)), ref(size_t(M * d.N)), y(ref.size()), y0(ref.size());
   std::normal_distribution<float> g(0.f, 1.f);
   for (auto& v : x) v = g(rng);
   vq_gemm_reference(w.desc, x.data(), M, ref.data());
-  PrepackedPtr p = prepack(w.desc, 4, Isa::kAvx2);
-  setenv("VQ2TRT_PAIR", "0", 1);
   PrepackedPtr p0 = prepack(w.desc, 4, Isa::kAvx2);
+  setenv("VQ2TRT_PAIR", "1", 1);
+  PrepackedPtr p = prepack(w.desc, 4, Isa::kAvx2);
   unsetenv("VQ2TRT_PAIR");
   vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
   vq_gemm(*p0, DType::kFloat32, x.data(), M, y0.data());
   char name[96];
-  std::snprintf(name, sizeof(name), "pair route N=%ld K=%ld v=%ld", long(d.N), long(d.K), long(d.v));
+  std::snprintf(name, sizeof(name), "pair route N=%ld K=%ld v=%ld M=%ld", long(d.N), long(d.K), long(d.v), long(M));
   compare((std::string(name) + " paired").c_str(), y, ref, kPairRelTol);
   compare((std::string(name) + " unpaired").c_str(), y0, ref, kInt8RelTol);
   if (y == y0) {
@@ -253,7 +248,7 @@ int main() {
   };
   for (const auto& d : pairs) {
     check_weight(rng, d, {1, 2, 3, 8, 9, 13, 64});
-    check_pair_route(rng, d);
+    for (int64_t M : {1, 3, 13}) check_pair_route(rng, d, M);
   }
   // Random formats.
   for (int t = 0; t < 24; ++t) {

@@ -91,8 +91,8 @@ struct Prepacked {
   // AVX2 decode of 256/512-entry int8 parts by vpgatherdd (decode_int8_avx2.cpp); off where
   // gathers are slow (AMD before Zen 4: see avx2_gather_is_fast), where the float kernel wins.
   bool avx2_gather = true;
-  // AVX2 int8 route: main + residual k <= 16 pairs in one pass (Part::pair); VQ2TRT_PAIR=0 turns
-  // it off (each part on its own, as the other ISAs do), to compare.
+  // AVX2 int8 route: main + residual k <= 16 pairs in one pass (Part::pair), with VQ2TRT_PAIR=1
+  // (prepack.cpp says why it is not the default).
   bool avx2_pairs = false;
   std::vector<int32_t> perm;
   std::vector<float> pscale;     // col_scale[perm[p]] (1 when not normalised), permuted order

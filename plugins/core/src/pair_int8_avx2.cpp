@@ -27,13 +27,16 @@ void pair_dot(const uint8_t* ia, const uint8_t* ib, int64_t nblk, const uint8_t*
               int64_t xq_stride, const float* sx, int64_t sx_stride, float* sums, const uint8_t* next_a,
               const uint8_t* next_b, int64_t next_bytes) {
   __m256i ta[JV], tb[JV];
+  #pragma GCC unroll 8
   for (int j = 0; j < JV; ++j) {
     ta[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tab + 32 * j)));
     tb[j] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tab + 32 * j + 16)));
   }
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MB][JV];
+  #pragma GCC unroll 8
   for (int m = 0; m < MB; ++m)
+    #pragma GCC unroll 8
     for (int j = 0; j < JV; ++j) acc[m][j] = _mm256_setzero_ps();
   const int64_t nsb = (nblk + 3) / 4;
   const int64_t chunk = next_bytes > 0 ? (next_bytes + nsb - 1) / nsb : 0;
@@ -43,26 +46,35 @@ void pair_dot(const uint8_t* ia, const uint8_t* ib, int64_t nblk, const uint8_t*
       _mm_prefetch(reinterpret_cast<const char*>(next_b + l), _MM_HINT_T1);
     }
     __m256i isum[MB][JV];
+    #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m)
+      #pragma GCC unroll 8
       for (int j = 0; j < JV; ++j) isum[m][j] = _mm256_setzero_si256();
     const int64_t h_end = 2 * lo(nblk, sb * 4 + 4);
     for (int64_t h = 8 * sb; h < h_end; ++h) {  // 32-byte halves of the 64-column blocks
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ia + 32 * h));
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ib + 32 * h));
       __m256i xv[MB];
+      #pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) xv[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * xq_stride + 32 * h));
+      #pragma GCC unroll 8
       for (int j = 0; j < JV; ++j) {
         const __m256i u = _mm256_add_epi8(_mm256_shuffle_epi8(ta[j], a), _mm256_shuffle_epi8(tb[j], b));
+        #pragma GCC unroll 8
         for (int m = 0; m < MB; ++m)
           isum[m][j] = _mm256_add_epi32(isum[m][j], _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv[m]), ones));
       }
     }
+    #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
       const __m256 s = _mm256_set1_ps(sx[m * sx_stride + sb]);
+      #pragma GCC unroll 8
       for (int j = 0; j < JV; ++j) acc[m][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m][j]), s, acc[m][j]);
     }
   }
+  #pragma GCC unroll 8
   for (int m = 0; m < MB; ++m)
+    #pragma GCC unroll 8
     for (int j = 0; j < JV; ++j) {
       alignas(32) float t[8];
       _mm256_store_ps(t, acc[m][j]);
