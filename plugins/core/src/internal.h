@@ -188,8 +188,9 @@ void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const
                   int64_t n1, float* scratch);
 // As avx512::quantize_segment, with the same bytes (int8_avx2.cpp).
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
-// xq [M, bytes] -> x16 [bytes / 2, M, 2], the layout of part_int8_prefill (bytes even).
-void widen_pairs(const int8_t* xq, int64_t M, int64_t bytes, int16_t* x16);
+// xq [M, bytes] -> x16 [bytes / 2, M, 2], the layout of part_int8_prefill (bytes even), for
+// activation rows [m0, m1).
+void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                         bool split, uint8_t* out);

@@ -63,7 +63,21 @@ __attribute__((noinline)) void dot_tile(const __m256i* tile, int64_t pairs, cons
   __m256i a[MB][2];
 #pragma GCC unroll 8
   for (int m = 0; m < MB; ++m) a[m][0] = a[m][1] = _mm256_setzero_si256();
-  for (int64_t p = 0; p < pairs; ++p) {
+  // Two column pairs a step, their products added before the accumulator: half the dependent
+  // adds on each accumulator, 6-9 % faster on Zen 3 (interleaved, best of 40).
+  int64_t p = 0;
+  for (; p + 2 <= pairs; p += 2) {
+    const __m256i w0 = _mm256_load_si256(tile + 2 * p), w1 = _mm256_load_si256(tile + 2 * p + 1);
+    const __m256i w2 = _mm256_load_si256(tile + 2 * p + 2), w3 = _mm256_load_si256(tile + 2 * p + 3);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const __m256i xv = _mm256_set1_epi32(load32(x + 2 * (p * M + m)));
+      const __m256i xw = _mm256_set1_epi32(load32(x + 2 * ((p + 1) * M + m)));
+      a[m][0] = _mm256_add_epi32(a[m][0], _mm256_add_epi32(_mm256_madd_epi16(w0, xv), _mm256_madd_epi16(w2, xw)));
+      a[m][1] = _mm256_add_epi32(a[m][1], _mm256_add_epi32(_mm256_madd_epi16(w1, xv), _mm256_madd_epi16(w3, xw)));
+    }
+  }
+  for (; p < pairs; ++p) {
     const __m256i w0 = _mm256_load_si256(tile + 2 * p), w1 = _mm256_load_si256(tile + 2 * p + 1);
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
@@ -133,6 +147,24 @@ void part_rows(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_s
                  facc + m0 * 16);
     }
     // Lane l: vector row r0 + l / 4, component l % 4 (v = 3: lanes 3, 7, 11, 15 are padding).
+    // v = 4 with all 16 rows inside [n0, n1) (every pass but a task's edges): lane l is output
+    // row 4 r0 + l, so two ymm per activation row. As a scalar loop with its bounds tests it cost
+    // 30-40 % of the kernel at K = 576 (16 output rows x M against 16 x M x 512 products).
+    if (v == 4 && 4 * r0 >= n0 && 4 * r0 + 16 <= n1) {
+      const __m256 qs = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(pt.qs));
+      const __m256 qc = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(pt.qc));
+      for (int64_t m = 0; m < M; ++m) {
+        const __m256 xs = _mm256_set1_ps(xsum[m * xsum_stride]);
+        float* yo = y + m * N + 4 * r0 - y0;
+        for (int h = 0; h < 2; ++h) {
+          // Rounded as the scalar loop below (no contraction): a row's sum does not depend on
+          // where a task boundary falls.
+          const __m256 t = _mm256_add_ps(_mm256_mul_ps(qs, _mm256_loadu_ps(facc + m * 16 + 8 * h)), _mm256_mul_ps(qc, xs));
+          _mm256_storeu_ps(yo + 8 * h, _mm256_add_ps(_mm256_loadu_ps(yo + 8 * h), t));
+        }
+      }
+      continue;
+    }
     for (int64_t m = 0; m < M; ++m) {
       const float xs = xsum[m * xsum_stride];
       for (int64_t l = 0; l < 16; ++l) {

@@ -39,9 +39,17 @@ struct Call {
   const float* corr;          // [M, segments]
   const float* xsum;          // [M, segments]: Σ x' over the segment, float32
   const int16_t* x16;         // [xq_bytes / 2, M, 2]: xq widened (AVX2 prefill), or null
-  bool use_int8;
+  bool use_int8;              // xq, sx, corr, xsum (and x16) are there: some part takes the int8 route
+  bool heads;                 // the parts were split for the int8 route (float heads before int8 tails)
+  const float* rowconst;      // [M]: Σ_ch x[m, ch] · cbias[ch], or 0
   float* y;                   // [M, N]
 };
+
+// Decode on AVX2 without fast gathers: 256/512-entry parts take the float kernel (x' is there
+// at every level) instead of decode_int8_avx2.cpp; prefill keeps its int16 tiles.
+bool int8_route(const Prepacked& p, const Part& q, int64_t M) {
+  return q.int8 && !(p.isa == Isa::kAvx2 && !p.avx2_gather && M <= kMaxInt8Rows && q.w8 && q.qentries > 16);
+}
 
 void run_rows(void* arg, size_t task) {
   const Call& c = *static_cast<const Call*>(arg);
@@ -85,11 +93,17 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
-  // Decode on AVX2 without fast gathers: 256/512-entry parts take the float kernel (x' is there
-  // at every level) instead of decode_int8_avx2.cpp; prefill keeps its int16 tiles.
-  auto int8_route = [&](const Part& q) {
-    return q.int8 && !(p.isa == Isa::kAvx2 && !p.avx2_gather && c.M <= kMaxInt8Rows && q.w8 && q.qentries > 16);
-  };
+    auto int8_route = [&](const Part& q) { return vq2trt::int8_route(p, q, c.M); };
+  // This task's rows of y start at the per-row constant plus bias (here, not in vq_gemm: in
+  // prefill that is M x N stores, which the tasks share out).
+  for (int64_t m = 0; m < c.M; ++m) {
+    float* ym = c.y + m * N;
+    const float r = c.rowconst[m];
+    if (p.bias.empty())
+      std::fill(ym + n0, ym + n1, r);
+    else
+      for (int64_t n = n0; n < n1; ++n) ym[n] = r + p.bias[size_t(n)];
+  }
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
@@ -125,8 +139,8 @@ void run_rows(void* arg, size_t task) {
       float_part(pt, true);
       for (int64_t m = 0; m < c.M; ++m)
         for (int64_t n = n0; n < n1; ++n) c.y[m * N + n] += tail[size_t(m * rows + n - n0)];
-    } else {  // with use_int8: a head with no int8 tail (outlier columns), or a part with no byte tables
-      float_part(pt, c.use_int8);
+    } else {  // with heads: a head with no int8 tail (outlier columns), or a part with no byte tables
+      float_part(pt, c.heads);
     }
   }
 }
@@ -160,8 +174,86 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
   return corr;
 }
 
+// Sums for the activation preparation in lanes (a fixed order: same bytes every call): as one
+// running sum they were latency-bound chains (4 cycles an element) and 20 % of an AVX2 prefill.
+double dot_f64(const float* a, const float* b, int64_t n) {
+  double s[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) s[j] += double(a[i + j]) * double(b[i + j]);
+  for (; i < n; ++i) s[0] += double(a[i]) * double(b[i]);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+float sum_f32(const float* a, int64_t n) {
+  float s[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j];
+  for (; i < n; ++i) s[0] += a[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// One activation row's preparation: x' (permuted, scaled), the per-row constant and, for the
+// int8 route, each segment's Σ x' and int8 form (x16: widened for the AVX2 prefill).
+struct Prep {
+  const Prepacked* p;
+  DType x_type;
+  const void* x;
+  int64_t M, rows_per_task;
+  float* xp;
+  float* rowconst;
+  int8_t* xq;       // null: no int8 route this call
+  float* sx;
+  float* corr;
+  float* xsum;
+  int16_t* x16;     // or null
+};
+
+void prep_rows(void* arg, size_t task) {
+  const Prep& c = *static_cast<const Prep*>(arg);
+  const Prepacked& p = *c.p;
+  const int64_t K = p.dims.K, m0 = int64_t(task) * c.rows_per_task, m1 = std::min(c.M, m0 + c.rows_per_task);
+  const int64_t nseg = int64_t(p.segments.size());
+  thread_local std::vector<float> xrow, xs;  // per worker thread (tasks run on the pool)
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* xf = static_cast<const float*>(c.x) + m * K;
+    if (c.x_type != DType::kFloat32) {
+      xrow.resize(size_t(K));
+      for (int64_t ch = 0; ch < K; ++ch) xrow[size_t(ch)] = load(c.x_type, c.x, m * K + ch);
+      xf = xrow.data();
+    }
+    float* xo = c.xp + m * K;
+    for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
+    if (!p.col_bias.empty()) c.rowconst[m] = float(dot_f64(xf, p.col_bias.data(), K));
+    if (!c.xq) continue;
+    for (int64_t s = 0; s < nseg; ++s) {
+      const Segment& g = p.segments[size_t(s)];
+      const float* xg = xo + g.col0;
+      int64_t count = g.count;
+      c.xsum[m * nseg + s] = sum_f32(xg, g.count);
+      if (g.split) {  // even columns of each 128 first, then the odd ones (see Part::split4)
+        count = g.blocks * 64;
+        xs.assign(size_t(count), 0.f);
+        for (int64_t i = 0; i < g.count; ++i) xs[size_t((i & ~int64_t(127)) + (i & 1) * 64 + ((i & 127) >> 1))] = xg[i];
+        xg = xs.data();
+      }
+#if VQ2TRT_X86
+      auto quantize = p.isa == Isa::kAvx512 ? avx512::quantize_segment
+                      : p.isa == Isa::kAvx2 ? avx2::quantize_segment : quantize_segment;
+#else
+      auto quantize = quantize_segment;
+#endif
+      c.corr[m * nseg + s] = quantize(xg, count, c.xq + m * p.xq_bytes + g.byte_offset, c.sx + m * p.xq_blocks + g.block_offset);
+    }
+  }
+#if VQ2TRT_X86
+  if (c.x16) avx2::widen_pairs(c.xq, c.M, m0, m1, p.xq_bytes, c.x16);
+#endif
+}
+
 struct CallBuffers {
-  std::vector<float> xp, rowconst, xrow, sx, corr, xsum, xs, ybuf;
+  std::vector<float> xp, rowconst, sx, corr, xsum, ybuf;
   std::vector<int8_t> xq;
   std::vector<int16_t> x16;
 };
@@ -174,7 +266,7 @@ struct BufferTrim {
     auto trim = [](auto& v) {
       if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
     };
-    trim(b.xp), trim(b.xrow), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.xs), trim(b.ybuf), trim(b.xq), trim(b.x16);
+    trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16);
     trim(b.rowconst);
   }
 };
@@ -189,84 +281,44 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   // vectors showed up as malloc/free in decode profiles. Large ones (prefill) are freed after.
   thread_local CallBuffers buf;
   const BufferTrim trim{buf};
-  std::vector<float>& xp = buf.xp;
-  std::vector<float>& rowconst = buf.rowconst;
-  std::vector<float>& xrow = buf.xrow;
-  xp.resize(size_t(M * K));
-  rowconst.assign(size_t(M), 0.f);
-  for (int64_t m = 0; m < M; ++m) {
-    const float* xf = static_cast<const float*>(x) + m * K;
-    if (x_type != DType::kFloat32) {
-      xrow.resize(size_t(K));
-      for (int64_t ch = 0; ch < K; ++ch) xrow[size_t(ch)] = load(x_type, x, m * K + ch);
-      xf = xrow.data();
-    }
-    float* xo = xp.data() + m * K;
-    for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
-    if (!p.col_bias.empty()) {
-      double s = 0.0;
-      for (int64_t ch = 0; ch < K; ++ch) s += double(xf[ch]) * p.col_bias[size_t(ch)];
-      rowconst[size_t(m)] = float(s);
-    }
+  // x' and its int8 forms are only made for the parts that read them: on AVX2 without fast
+  // gathers decode takes no int8 route, and quantizing x there was work for nothing.
+  bool any_int8 = false;
+  for (const Part& q : p.parts) any_int8 = any_int8 || int8_route(p, q, M);
+  const int64_t nseg = any_int8 ? int64_t(p.segments.size()) : 0;
+  buf.xp.resize(size_t(M * K));
+  buf.rowconst.assign(size_t(M), 0.f);
+  if (any_int8) {
+    buf.xq.assign(size_t(M * p.xq_bytes), 0);
+    buf.sx.assign(size_t(M * p.xq_blocks), 0.f);
+    buf.corr.assign(size_t(M * nseg), 0.f);
+    buf.xsum.assign(size_t(M * nseg), 0.f);
   }
-  Call call{&p, M, 0, xp.data(), nullptr, nullptr, nullptr, nullptr, nullptr, false, nullptr};
-  std::vector<int8_t>& xq = buf.xq;
-  std::vector<float>& sx = buf.sx;
-  std::vector<float>& corr = buf.corr;
-  std::vector<float>& xsum = buf.xsum;
-  call.use_int8 = !p.segments.empty();
-  if (call.use_int8) {
-    const int64_t nseg = int64_t(p.segments.size());
-    xq.assign(size_t(M * p.xq_bytes), 0);
-    sx.assign(size_t(M * p.xq_blocks), 0.f);
-    corr.assign(size_t(M * nseg), 0.f);
-    xsum.assign(size_t(M * nseg), 0.f);
-    std::vector<float>& xs = buf.xs;
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t s = 0; s < nseg; ++s) {
-        const Segment& g = p.segments[size_t(s)];
-        const float* xg = xp.data() + m * K + g.col0;
-        int64_t count = g.count;
-        float total = 0.f;
-        for (int64_t c = 0; c < g.count; ++c) total += xg[c];
-        xsum[size_t(m * nseg + s)] = total;
-        if (g.split) {  // even columns of each 128 first, then the odd ones (see Part::split4)
-          count = g.blocks * 64;
-          xs.assign(size_t(count), 0.f);
-          for (int64_t c = 0; c < g.count; ++c) xs[size_t((c & ~int64_t(127)) + (c & 1) * 64 + ((c & 127) >> 1))] = xg[c];
-          xg = xs.data();
-        }
-#if VQ2TRT_X86
-        auto quantize = p.isa == Isa::kAvx512 ? avx512::quantize_segment
-                        : p.isa == Isa::kAvx2 ? avx2::quantize_segment : quantize_segment;
-#else
-        auto quantize = quantize_segment;
-#endif
-        corr[size_t(m * nseg + s)] = quantize(xg, count,
-                                                      xq.data() + m * p.xq_bytes + g.byte_offset,
-                                                      sx.data() + m * p.xq_blocks + g.block_offset);
-      }
-    call.xq = xq.data();
+  Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr};
+  if (any_int8) {
+    prep.xq = buf.xq.data();
+    prep.sx = buf.sx.data();
+    prep.corr = buf.corr.data();
+    prep.xsum = buf.xsum.data();
 #if VQ2TRT_X86
     if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
-      std::vector<int16_t>& x16 = buf.x16;
-      x16.resize(xq.size());  // [pair, m, 2]: see prefill_int8_avx2.cpp
-      avx2::widen_pairs(xq.data(), M, p.xq_bytes, x16.data());
-      call.x16 = x16.data();
+      buf.x16.resize(buf.xq.size());  // [pair, m, 2]: see prefill_int8_avx2.cpp
+      prep.x16 = buf.x16.data();
     }
 #endif
-    call.sx = sx.data();
-    call.corr = corr.data();
-    call.xsum = xsum.data();
   }
+  // Prefill: the activation rows are prepared in parallel (16 tasks, as the GEMM's), the serial
+  // share of a 2-thread prefill; decode's one row is not worth a dispatch.
+  prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
+  parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
+  Call call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
+            !p.segments.empty(), buf.rowconst.data(), nullptr};
   std::vector<float>& ybuf = buf.ybuf;
   float* y32 = static_cast<float*>(y);
   if (x_type != DType::kFloat32) {
     ybuf.resize(size_t(M * N));
     y32 = ybuf.data();
   }
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) y32[m * N + n] = rowconst[size_t(m)] + (p.bias.empty() ? 0.f : p.bias[size_t(n)]);
   call.y = y32;
   // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector
   // length and, in decode, of at least ~64K weights: SmolLM2's k/v projections (192 x 576) came
@@ -279,7 +331,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   // The int8 kernels compute 16 or 32 output rows a pass: tasks of 36 rows (N = 576) would pay a
   // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
-  if (call.use_int8 && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
+  if (call.heads && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
     for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
