@@ -57,6 +57,17 @@ struct Part {
   // any main + residual byte sum lies in [1, 127]: vpmaddubsw's unsigned operand, no saturation.
   // The weight is pcenter[j] + pscale[j] · (sum - 64). pair: the residual's index in parts;
   // paired: this is that residual (its work is done with the main's).
+  // AVX2 prefill (M > 8) of a float head (the int8 route's first kInt8HeadCols columns, which
+  // stay off 8-bit activations): wtab16 / qscale / qcenter hold 13-bit tables (same layout as
+  // the int8 route's, |value| <= 4095) and x comes at 14 bits (|x| <= 8191) with one scale per
+  // activation row over the head's columns (Prepacked::wide[wseg]), 32-64x finer than the int8
+  // route. The products run in the int8 prefill kernel (int16 x int16 -> int32): 32 column pairs
+  // of 2 · 8191 · 4095 stay below 2^31, so a head has at most 64 columns. The float kernel ran
+  // these 64 columns at half the speed per product (a pass over 64 columns is mostly set-up).
+  // Prefill KL against level 0 (SmolLM2 v4-k256, wiki.test): 0.0103 / 0.0101 (512 / 1024
+  // tokens) against 0.0107 / 0.0100 with the float head; with 8-bit x (the int8 route's
+  // precision) 0.065. -1: none (int8 stays false).
+  int wseg = -1;
   int64_t entries = 0;          // codebook entries (k); the tables have 2^bits
   int64_t pair = -1;
   bool paired = false;
@@ -101,6 +112,10 @@ struct Prepacked {
   std::vector<Part> parts;
   std::vector<Segment> segments;
   int64_t xq_bytes = 0, xq_blocks = 0;  // per activation row, over all segments
+  // Column ranges of the heads with 12-bit tables (Part::wseg): byte_offset is the range's first
+  // column pair in the 14-bit x16h [wide_pairs, M, 2]; each range has ceil(count / 64) · 32 pairs.
+  std::vector<Segment> wide;
+  int64_t wide_pairs = 0;
   int64_t max_count = 0;                // longest part, for scratch sizing
   int64_t row_unit = 1;                 // task boundaries are multiples of this (lcm of v's)
 };

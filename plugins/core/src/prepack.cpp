@@ -217,6 +217,29 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
   return p;
 }
 
+// A float head's 13-bit tables for the AVX2 prefill (Part::wseg): per component the same
+// centre as the int8 route's, a scale 32x finer. Entries >= k are the centre (weight 0 after
+// the centring, as the byte tables' unused entries).
+void make_wide_tables(Part& p) {
+  const int64_t v = p.v, k = p.entries, n = int64_t(1) << p.bits;
+  p.qscale.assign(size_t(v), 1.f);
+  p.qcenter.assign(size_t(v), 0.f);
+  p.wtab16.assign(size_t(4 * n), 0);
+  for (int64_t j = 0; j < v; ++j) {
+    float lo = p.ftab[size_t(j)], hi = lo;
+    for (int64_t i = 0; i < k; ++i) {
+      lo = std::min(lo, p.ftab[size_t(i * v + j)]);
+      hi = std::max(hi, p.ftab[size_t(i * v + j)]);
+    }
+    const float c = 0.5f * (lo + hi), half = std::max(hi - c, c - lo);
+    const float s = half > 0.f ? half / 4095.f : 1.f;
+    p.qcenter[size_t(j)] = c;
+    p.qscale[size_t(j)] = s;
+    for (int64_t i = 0; i < k; ++i)
+      p.wtab16[size_t(4 * i + j)] = int16_t(std::clamp(std::nearbyint((p.ftab[size_t(i * v + j)] - c) / s), -4095.f, 4095.f));
+  }
+}
+
 }  // namespace
 
 PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
@@ -272,6 +295,18 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     }
     p.parts.push_back(std::move(pt));
   };
+  auto add_wide = [&](int64_t col0, int64_t count) {
+    for (size_t i = 0; i < p.wide.size(); ++i)
+      if (p.wide[i].col0 == col0 && p.wide[i].count == count) return int(i);
+    Segment s;
+    s.col0 = col0;
+    s.count = count;
+    s.blocks = 1;
+    s.byte_offset = p.wide_pairs;
+    p.wide_pairs += ceil_div(count, 64) * 32;
+    p.wide.push_back(s);
+    return int(p.wide.size() - 1);
+  };
   auto add_part = [&](Part&& pt) {
     if (!pt.int8 || pt.col0 >= head) return push(std::move(pt));
     const int64_t hn = std::min(head - pt.col0, pt.count);
@@ -284,6 +319,10 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     pt.qcenter.clear();
     pt.wtab16.clear();
     pt.wtab8.clear();
+    if (int8 == Isa::kAvx2 && !tail.wtab16.empty() && hn <= kInt8HeadCols) {  // at most 32 pairs: see Part::wseg
+      make_wide_tables(pt);
+      pt.wseg = add_wide(pt.col0, pt.count);
+    }
     push(std::move(pt));
     if (hn < tail.count) {
       tail.col0 += hn;
@@ -333,9 +372,9 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     q.ft = q.ftab.data();
     q.ft4 = q.ftab4.empty() ? nullptr : q.ftab4.data();
     q.qt = q.int8 ? q.qtab.data() : nullptr;
-    q.qs = q.int8 ? q.qscale.data() : nullptr;
-    q.qc = q.int8 ? q.qcenter.data() : nullptr;
-    q.w16 = q.int8 && !q.wtab16.empty() ? q.wtab16.data() : nullptr;
+    q.qs = q.int8 || q.wseg >= 0 ? q.qscale.data() : nullptr;
+    q.qc = q.int8 || q.wseg >= 0 ? q.qcenter.data() : nullptr;
+    q.w16 = (q.int8 || q.wseg >= 0) && !q.wtab16.empty() ? q.wtab16.data() : nullptr;
     q.w8 = q.int8 && !q.wtab8.empty() ? q.wtab8.data() : nullptr;
     q.pt = q.ptab.empty() ? nullptr : q.ptab.data();
     q.ps = q.pscale.empty() ? nullptr : q.pscale.data();

@@ -42,6 +42,9 @@ struct Call {
   bool use_int8;              // xq, sx, corr, xsum (and x16) are there: some part takes the int8 route
   bool heads;                 // the parts were split for the int8 route (float heads before int8 tails)
   const float* rowconst;      // [M]: Σ_ch x[m, ch] · cbias[ch], or 0
+  const int16_t* x16h;        // [wide_pairs, M, 2]: the heads' 14-bit x (AVX2 prefill), or null
+  const float* sxh;           // [M, wide]: its scale per row and head range
+  const float* xsumh;         // [M, wide]: Σ x' over the head range
   float* y;                   // [M, N]
 };
 
@@ -80,6 +83,11 @@ void run_rows(void* arg, size_t task) {
     // AVX-512 CPUs take it too for decode (M <= 8) at level 0: 1.8x the AVX-512 float kernel at
     // M = 1 on Zen 4/5 (their table-row loads are the limit at any width); prefill and the int8
     // route's heads stay on the AVX-512 kernels, which are as fast there.
+    if (head && c.x16h && q.wseg >= 0) {
+      const int64_t nw = int64_t(p.wide.size());
+      return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 2 * c.M, c.sxh + q.wseg, nw,
+                                     c.xsumh + q.wseg, nw, c.M, c.y, N, 0, n0, n1, scratch);
+    }
     const bool v4_b8 = bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0;
     if (v4_b8 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && !head && c.M <= kMaxInt8Rows)))
       return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
@@ -208,7 +216,21 @@ struct Prep {
   float* corr;
   float* xsum;
   int16_t* x16;     // or null
+  int16_t* x16h;    // the heads' 14-bit x (Call::x16h), or null
+  float* sxh;
+  float* xsumh;
 };
+
+// x'[0, count) at 14 bits with one scale (absmax / 8191) into column pairs of x16h [pairs, M, 2]
+// (row m); returns the scale.
+float quantize_wide(const float* x, int64_t count, int64_t M, int64_t m, int16_t* x16h) {
+  float amax = 0.f;
+  for (int64_t c = 0; c < count; ++c) amax = std::max(amax, std::fabs(x[c]));
+  const float inv = amax > 0.f ? 8191.f / amax : 0.f;
+  for (int64_t c = 0; c < count; ++c)
+    x16h[(c / 2 * M + m) * 2 + c % 2] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
+  return amax / 8191.f;
+}
 
 void prep_rows(void* arg, size_t task) {
   const Prep& c = *static_cast<const Prep*>(arg);
@@ -227,6 +249,13 @@ void prep_rows(void* arg, size_t task) {
     for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
     if (!p.col_bias.empty()) c.rowconst[m] = float(dot_f64(xf, p.col_bias.data(), K));
     if (!c.xq) continue;
+    const int64_t nw = int64_t(p.wide.size());
+    if (c.x16h)
+      for (int64_t s = 0; s < nw; ++s) {
+        const Segment& g = p.wide[size_t(s)];
+        c.xsumh[m * nw + s] = sum_f32(xo + g.col0, g.count);
+        c.sxh[m * nw + s] = quantize_wide(xo + g.col0, g.count, c.M, m, c.x16h + g.byte_offset * 2 * c.M);
+      }
     for (int64_t s = 0; s < nseg; ++s) {
       const Segment& g = p.segments[size_t(s)];
       const float* xg = xo + g.col0;
@@ -255,7 +284,8 @@ void prep_rows(void* arg, size_t task) {
 struct CallBuffers {
   std::vector<float> xp, rowconst, sx, corr, xsum, ybuf;
   std::vector<int8_t> xq;
-  std::vector<int16_t> x16;
+  std::vector<int16_t> x16, x16h;
+  std::vector<float> sxh, xsumh;
 };
 
 // Frees the buffers that outgrew decode sizes when a call ends (normal return or exception).
@@ -266,7 +296,8 @@ struct BufferTrim {
     auto trim = [](auto& v) {
       if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
     };
-    trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16);
+    trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
+    trim(b.sxh), trim(b.xsumh);
     trim(b.rowconst);
   }
 };
@@ -294,7 +325,8 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     buf.corr.assign(size_t(M * nseg), 0.f);
     buf.xsum.assign(size_t(M * nseg), 0.f);
   }
-  Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr};
+  Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr,
+            nullptr, nullptr, nullptr};
   if (any_int8) {
     prep.xq = buf.xq.data();
     prep.sx = buf.sx.data();
@@ -304,6 +336,15 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
       buf.x16.resize(buf.xq.size());  // [pair, m, 2]: see prefill_int8_avx2.cpp
       prep.x16 = buf.x16.data();
+      if (!p.wide.empty()) {
+        const int64_t nw = int64_t(p.wide.size());
+        buf.x16h.assign(size_t(p.wide_pairs * M * 2), 0);  // zero past each range's count
+        buf.sxh.assign(size_t(M * nw), 0.f);
+        buf.xsumh.assign(size_t(M * nw), 0.f);
+        prep.x16h = buf.x16h.data();
+        prep.sxh = buf.sxh.data();
+        prep.xsumh = buf.xsumh.data();
+      }
     }
 #endif
   }
@@ -312,7 +353,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
   Call call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-            !p.segments.empty(), buf.rowconst.data(), nullptr};
+            !p.segments.empty(), buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, nullptr};
   std::vector<float>& ybuf = buf.ybuf;
   float* y32 = static_cast<float*>(y);
   if (x_type != DType::kFloat32) {
