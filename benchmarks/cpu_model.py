@@ -8,6 +8,8 @@ the kernels' instruction set (the ISA column says which ran). With --llama-bench
 
     .venv/bin/python benchmarks/cpu_model.py out/float-onnx out/v4-onnx [--threads 2] [--reps 3]
         [--profile DIR]   # also ORT profiles of a prefill and a decode step per folder: ms per op type
+        [--genai DIRS]    # also through onnxruntime_genai's generator, e.g. the int4 model of
+                          # python -m onnxruntime_genai.models.builder -i HF_DIR -o DIR -p int4 -e cpu
 """
 
 from __future__ import annotations
@@ -103,6 +105,33 @@ def profile(folder: Path, threads: int, out_dir: Path, pp: int) -> tuple[dict[st
     return _per_op(events, runs[1:4]), _per_op(events, runs[-8:])
 
 
+def time_genai(folder: Path, pp: int, tg: int, reps: int, threads: int) -> tuple[float, float]:
+    """pp / tg through ONNX Runtime GenAI's own loop (its KV cache handling: a buffer shared
+    between past and present where the model allows it): append_tokens of the prompt, then tg
+    generate_next_token calls (greedy, EOS held off by min_length)."""
+    import onnxruntime_genai as og
+
+    cfg = og.Config(str(folder))
+    cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(cfg)
+    vocab = json.loads((folder / "genai_config.json").read_text())["model"]["vocab_size"]
+    ids = np.random.default_rng(0).integers(3, vocab, pp).astype(np.int32)
+    pre, dec = [], []
+    for _ in range(reps + 1):                                 # the first repetition warms up
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=pp + tg + 1, min_length=pp + tg + 1, do_sample=False)
+        gen = og.Generator(model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(ids)
+        t1 = time.perf_counter()
+        for _ in range(tg):
+            gen.generate_next_token()
+        t2 = time.perf_counter()
+        pre.append(pp / (t1 - t0))
+        dec.append(tg / (t2 - t1))
+    return statistics.median(pre[1:]), statistics.median(dec[1:])
+
+
 def time_llama(bench: str, gguf: Path, pp: int, tg: int, reps: int, threads: int) -> tuple[float, float]:
     cmd = [bench, "-m", str(gguf), "-p", str(pp), "-n", str(tg), "-r", str(reps), "-t", str(threads), "-o", "json"]
     res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -119,6 +148,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llama-bench", help="llama-bench binary, to time --gguf files in the same run")
     p.add_argument("--gguf", nargs="*", type=Path, default=[])
+    p.add_argument("--genai", nargs="*", type=Path, default=[],
+                   help="folders to time through onnxruntime_genai's generator: its own int4 models "
+                        "(models.builder -p int4) or vq2trt exports (libvq2trt_ort.so copied in)")
     p.add_argument("--profile", type=Path, help="write ORT profiles here and print ms per op type of a decode step")
     a = p.parse_args(argv)
 
@@ -129,6 +161,10 @@ def main(argv=None) -> int:
         pre, dec = time_onnx(f, a.prompt, a.gen, a.reps, a.threads)
         name = f"vq2trt {f.name} ({kind}, embedding {info.get('embedding', 'float32')})"
         rows.append((name, folder_mib(f), pre, dec))
+        print(rows[-1], flush=True)
+    for f in a.genai:
+        pre, dec = time_genai(f, a.prompt, a.gen, a.reps, a.threads)
+        rows.append((f"ORT GenAI {f.name}", folder_mib(f), pre, dec))
         print(rows[-1], flush=True)
     for g in a.gguf:
         pre, dec = time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads)
