@@ -240,27 +240,21 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
 // int16, stored where prefill_int8_avx2.cpp reads it (the pairs of one activation row a column
 // pair apart are M int32 apart).
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16) {
+  (void)M;
   int32_t* out = reinterpret_cast<int32_t*>(x16);
   const int64_t pairs = bytes / 2;
-  // Up to 8 activation rows at once, written pair by pair: one row at a time, each 4-byte store
-  // went to its own cache line (M · 4 bytes apart).
-  for (int64_t mb = m0; mb < m1; mb += 8) {
-    const int64_t rows = m1 - mb < 8 ? m1 - mb : 8;
+  for (int64_t m = m0; m < m1; ++m) {
+    const int8_t* row = xq + m * bytes;
+    int32_t* o = out + (m >> 2) * pairs * 4 + (m & 3);  // 4-row block, then pair, then row
     int64_t p = 0;
     for (; p + 8 <= pairs; p += 8) {
-      alignas(32) int32_t t[8][8];
-      for (int64_t r = 0; r < rows; ++r)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(t[r]), _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                                                  reinterpret_cast<const __m128i*>(xq + (mb + r) * bytes + 2 * p))));
-      for (int i = 0; i < 8; ++i)
-        for (int64_t r = 0; r < rows; ++r) out[(p + i) * M + mb + r] = t[r][i];
+      alignas(32) int32_t t[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(t),
+                         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * p))));
+      for (int i = 0; i < 8; ++i) o[(p + i) * 4] = t[i];
     }
     for (; p < pairs; ++p)
-      for (int64_t r = 0; r < rows; ++r) {
-        const int8_t* row = xq + (mb + r) * bytes;
-        out[p * M + mb + r] =
-            int32_t(uint32_t(uint16_t(int16_t(row[2 * p]))) | (uint32_t(uint16_t(int16_t(row[2 * p + 1]))) << 16));
-      }
+      o[p * 4] = int32_t(uint32_t(uint16_t(int16_t(row[2 * p]))) | (uint32_t(uint16_t(int16_t(row[2 * p + 1]))) << 16));
   }
 }
 

@@ -113,7 +113,8 @@ struct Prepacked {
   std::vector<Segment> segments;
   int64_t xq_bytes = 0, xq_blocks = 0;  // per activation row, over all segments
   // Column ranges of the heads with 12-bit tables (Part::wseg): byte_offset is the range's first
-  // column pair in the 14-bit x16h [wide_pairs, M, 2]; each range has ceil(count / 64) · 32 pairs.
+  // column pair in the 14-bit x16h (x16's layout over wide_pairs pairs); each range has
+  // ceil(count / 64) · 32 pairs.
   std::vector<Segment> wide;
   int64_t wide_pairs = 0;
   int64_t max_count = 0;                // longest part, for scratch sizing
@@ -191,9 +192,10 @@ void part_pair_k16(const Part& main, const Part& res, const int8_t* xq, int64_t 
 // summed in another order (decode_avx2.cpp).
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
 // As avx512::part_int8_prefill for v = 3 and 4 parts with w16 (prefill_int8_avx2.cpp): x16 is the
-// quantized x widened to int16 and interleaved by column pairs, [xq_bytes / 2, M, 2], from the
-// part's segment on (element byte_offset · M).
-void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
+// quantized x widened to int16 in blocks of 4 activation rows, each [column pairs, 4, 2]
+// (widen_pairs), from the part's first column pair in block 0; x16_block: int16 elements from
+// one block to the next.
+void part_int8_prefill(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride,
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch);
 // As part_int8 for parts with w8 (v = 4 with 5 to 8 index bits, v = 3 with 5 to 9), any M but
@@ -203,8 +205,8 @@ void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const
                   int64_t n1, float* scratch);
 // As avx512::quantize_segment, with the same bytes (int8_avx2.cpp).
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
-// xq [M, bytes] -> x16 [bytes / 2, M, 2], the layout of part_int8_prefill (bytes even), for
-// activation rows [m0, m1).
+// xq [M, bytes] -> x16 [ceil(M / 4), bytes / 2, 4, 2], the layout of part_int8_prefill (bytes
+// even), for activation rows [m0, m1).
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,

@@ -11,8 +11,9 @@
 // centroids (Part::w16: 4 components = 8 bytes, one load per index). A tile ymm holds 8 output
 // rows x 2 columns (int32 lane = output row, its two int16 = the column pair): one 32-bit
 // broadcast of an activation row's column pair multiplies all 8 rows with no horizontal sum.
-// x16 comes pair-interleaved (vq_gemm): the activation rows of one column pair are adjacent, so
-// the rows of a pass read one stream (rows a K apart were 4K-aliased loads, a third of the time).
+// x16 comes pair-interleaved in blocks of 4 activation rows (widen_pairs): the rows of a pass
+// read one contiguous stream (rows a K apart were 4K-aliased loads, a third of the time; all M
+// rows per column pair strode M · 4 bytes per pair through L2).
 // Same quantized x, tables and block scales as the decode route, so the int32 sums are the
 // same; the float sums run in another order. Built with -mavx2 -mfma (plugins/core/CMakeLists.txt)
 // and only called after detect_isa() reported at least kAvx2.
@@ -107,7 +108,7 @@ void dot_rows(int mb, const __m256i* tile, int64_t pairs, const int16_t* x, int6
 
 // I: uint8_t indices, or uint16_t for 9 bits.
 template <typename I>
-void part_rows(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride, const float* xsum,
+void part_rows(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride, const float* xsum,
                int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch) {
   const int64_t v = pt.v;
   const int64_t nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64, cols = nblk * 64;
@@ -143,7 +144,7 @@ void part_rows(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_s
       const int64_t pairs = lo(kChunk, cols - c0) / 2, sb = c0 / kChunk;
       build_tile(ix, c0, pairs, pt.w16, tile);
       for (int64_t m0 = 0; m0 < M; m0 += kMB)
-        dot_rows(int(lo(kMB, M - m0)), tile, pairs, x16 + c0 * M + 2 * m0, M, sx + m0 * sx_stride + sb, sx_stride,
+        dot_rows(int(lo(kMB, M - m0)), tile, pairs, x16 + m0 / kMB * x16_block + c0 * kMB, kMB, sx + m0 * sx_stride + sb, sx_stride,
                  facc + m0 * 16);
     }
     // Lane l: vector row r0 + l / 4, component l % 4 (v = 3: lanes 3, 7, 11, 15 are padding).
@@ -177,11 +178,11 @@ void part_rows(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_s
 
 }  // namespace
 
-void part_int8_prefill(const Part& pt, const int16_t* x16, const float* sx, int64_t sx_stride,
+void part_int8_prefill(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride,
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch) {
-  (pt.bits > 8 ? part_rows<uint16_t> : part_rows<uint8_t>)(pt, x16, sx, sx_stride, xsum, xsum_stride, M, y, N, y0,
-                                                         n0, n1, scratch);
+  (pt.bits > 8 ? part_rows<uint16_t> : part_rows<uint8_t>)(pt, x16, x16_block, sx, sx_stride, xsum, xsum_stride, M, y,
+                                                         N, y0, n0, n1, scratch);
 }
 
 }  // namespace avx2

@@ -38,11 +38,11 @@ struct Call {
   const float* sx;            // [M, xq_blocks]
   const float* corr;          // [M, segments]
   const float* xsum;          // [M, segments]: Σ x' over the segment, float32
-  const int16_t* x16;         // [xq_bytes / 2, M, 2]: xq widened (AVX2 prefill), or null
+  const int16_t* x16;         // xq widened (AVX2 prefill: widen_pairs' 4-row blocks), or null
   bool use_int8;              // xq, sx, corr, xsum (and x16) are there: some part takes the int8 route
   bool heads;                 // the parts were split for the int8 route (float heads before int8 tails)
   const float* rowconst;      // [M]: Σ_ch x[m, ch] · cbias[ch], or 0
-  const int16_t* x16h;        // [wide_pairs, M, 2]: the heads' 14-bit x (AVX2 prefill), or null
+  const int16_t* x16h;        // the heads' 14-bit x (AVX2 prefill; x16's layout), or null
   const float* sxh;           // [M, wide]: its scale per row and head range
   const float* xsumh;         // [M, wide]: Σ x' over the head range
   float* y;                   // [M, N]
@@ -85,8 +85,8 @@ void run_rows(void* arg, size_t task) {
     // route's heads stay on the AVX-512 kernels, which are as fast there.
     if (head && c.x16h && q.wseg >= 0) {
       const int64_t nw = int64_t(p.wide.size());
-      return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 2 * c.M, c.sxh + q.wseg, nw,
-                                     c.xsumh + q.wseg, nw, c.M, c.y, N, 0, n0, n1, scratch);
+      return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 8, p.wide_pairs * 8,
+                                     c.sxh + q.wseg, nw, c.xsumh + q.wseg, nw, c.M, c.y, N, 0, n0, n1, scratch);
     }
     const bool v4_b8 = bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0;
     if (v4_b8 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && !head && c.M <= kMaxInt8Rows)))
@@ -126,7 +126,7 @@ void run_rows(void* arg, size_t task) {
         return avx512::part_int8_prefill(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                          c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (c.M > kMaxInt8Rows && q.w16)
-        return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * c.M, c.sx + s.block_offset, p.xq_blocks,
+        return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * 4, p.xq_bytes * 4, c.sx + s.block_offset, p.xq_blocks,
                                        c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (p.isa == Isa::kAvx2 && q.w8 && q.qentries > 16)
         return avx2::part_int8_gather(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
@@ -221,14 +221,14 @@ struct Prep {
   float* xsumh;
 };
 
-// x'[0, count) at 14 bits with one scale (absmax / 8191) into column pairs of x16h [pairs, M, 2]
-// (row m); returns the scale.
-float quantize_wide(const float* x, int64_t count, int64_t M, int64_t m, int16_t* x16h) {
+// x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
+// blocks of `block` int16, from the range's first column pair); returns the scale.
+float quantize_wide(const float* x, int64_t count, int64_t m, int64_t block, int16_t* x16h) {
   float amax = 0.f;
   for (int64_t c = 0; c < count; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float inv = amax > 0.f ? 8191.f / amax : 0.f;
-  for (int64_t c = 0; c < count; ++c)
-    x16h[(c / 2 * M + m) * 2 + c % 2] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
+  int16_t* o = x16h + (m >> 2) * block + (m & 3) * 2;
+  for (int64_t c = 0; c < count; ++c) o[c / 2 * 8 + c % 2] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
   return amax / 8191.f;
 }
 
@@ -254,7 +254,7 @@ void prep_rows(void* arg, size_t task) {
       for (int64_t s = 0; s < nw; ++s) {
         const Segment& g = p.wide[size_t(s)];
         c.xsumh[m * nw + s] = sum_f32(xo + g.col0, g.count);
-        c.sxh[m * nw + s] = quantize_wide(xo + g.col0, g.count, c.M, m, c.x16h + g.byte_offset * 2 * c.M);
+        c.sxh[m * nw + s] = quantize_wide(xo + g.col0, g.count, m, p.wide_pairs * 8, c.x16h + g.byte_offset * 8);
       }
     for (int64_t s = 0; s < nseg; ++s) {
       const Segment& g = p.segments[size_t(s)];
@@ -334,11 +334,11 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     prep.xsum = buf.xsum.data();
 #if VQ2TRT_X86
     if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
-      buf.x16.resize(buf.xq.size());  // [pair, m, 2]: see prefill_int8_avx2.cpp
+      buf.x16.resize(size_t(ceil_div(M, int64_t(4)) * 4 * p.xq_bytes));  // 4-row blocks: see widen_pairs
       prep.x16 = buf.x16.data();
       if (!p.wide.empty()) {
         const int64_t nw = int64_t(p.wide.size());
-        buf.x16h.assign(size_t(p.wide_pairs * M * 2), 0);  // zero past each range's count
+        buf.x16h.assign(size_t(ceil_div(M, int64_t(4)) * 4 * p.wide_pairs * 2), 0);  // zero past each range's count
         buf.sxh.assign(size_t(M * nw), 0.f);
         buf.xsumh.assign(size_t(M * nw), 0.f);
         prep.x16h = buf.x16h.data();
