@@ -138,7 +138,63 @@ def test_compact_embedding_needs_an_untied_head(tmp_path):
     from vq2trt.export.onnx_export import export_onnx
 
     with pytest.raises(EmbeddingError, match="quantize the head"):
-        export_onnx(make_tiny_llama(), tmp_path / "x", embedding="int8")
+        export_onnx(make_tiny_llama(), tmp_path / "x", embedding="float16")
     with pytest.raises(EmbeddingError, match="expected one of"):
         export_onnx(make_tiny_llama(), tmp_path / "y", embedding="int4")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("level", [0, 4])
+def test_tied_head_shares_one_int8_table(tmp_path, level):
+    """A tied float head with --embedding int8 (fused ops): one int8 table read by the embedding's
+    Gather and by the head's MatMulNBits, logits as the PyTorch model holding the same rounded
+    table (as embedding and as head) computes them, at either export level."""
+    from vq2trt.export.onnx_export import export_onnx
+    from vq2trt.export.tied_int8 import Int8Table
+    from vq2trt.runtime.session import OnnxDecoder
+
+    pytest.importorskip("onnxruntime")
+    model = make_tiny_llama()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    out = export_onnx(model, tmp_path / str(level), embedding="int8", ops="fused", accuracy_level=level)
+    proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    vocab, hidden = model.model.embed_tokens.weight.shape
+    big = [t for t in proto.graph.initializer if t.dims and t.dims[0] == vocab]
+    assert sorted((tuple(t.dims), t.data_type) for t in big) == [
+        ((vocab, 1), onnx.TensorProto.FLOAT), ((vocab, 1, 64), onnx.TensorProto.UINT8)]   # 64 columns: one block
+    readers = {t.name: sorted(n.op_type for n in proto.graph.node if t.name in n.input) for t in big}
+    assert all(r == ["Gather", "MatMulNBits"] for r in readers.values()), readers   # the one table, read twice
+    info = json.loads((out / "vq2trt_onnx.json").read_text())
+    assert (info["embedding"], info["lm_head"]) == ("int8", "int8-tied")
+    ref_model = copy.deepcopy(model)                                 # still tied: one table for both
+    ref_model.model.embed_tokens.weight.data.copy_(Int8Table(model.model.embed_tokens.weight).dequantized())
+    ids = sample_batch(seed=6, seq=7)
+    with torch.no_grad():
+        ref = ref_model(ids).logits.numpy()
+        base = model(ids).logits.numpy()
+    # the head rounds its activations to int8 per block of 64 (MatMulNBits accuracy_level 4) at
+    # every export level: within that grid (1/254 of a block's largest, here ~4 % of the std)
+    check_prefill_then_decode(OnnxDecoder(out), ref, ids, 4, 0.06 * np.abs(ref).std())
+    assert np.abs(ref - base).max() < 0.05 * np.abs(base).std()       # the int8 grid, nothing coarser
+
+
+def test_tied_int8_blocks_round_trip():
+    from vq2trt.export.tied_int8 import dequantize_blocks, quantize_blocks_int8
+
+    w = torch.randn(40, 150) * torch.linspace(0.01, 3, 150)          # 150 columns: 3 blocks, the last padded
+    w[5] = 0.0
+    b, s = quantize_blocks_int8(w)
+    assert b.shape == (40, 3, 64) and s.shape == (40, 3) and b.dtype == torch.uint8
+    assert torch.all(b.reshape(40, -1)[:, 150:] == 128)               # padding is weight 0
+    err = (dequantize_blocks(b, s, 150) - w).abs().reshape(40, -1)
+    step = s.repeat_interleave(64, dim=1)[:, :150]
+    assert torch.all(err <= step / 2 + 1e-7) and torch.all(b[5] == 128)
+
+
+def test_tied_int8_needs_fused_ops(tmp_path):
+    from vq2trt.export.embedding import EmbeddingError
+    from vq2trt.export.onnx_export import export_onnx
+
+    with pytest.raises(EmbeddingError, match="--ops fused"):
+        export_onnx(make_tiny_llama(), tmp_path / "x", embedding="int8", ops="basic")
+    assert not (tmp_path / "x").exists()

@@ -7,7 +7,8 @@ while a decode step reads only one row of it per token. So the export may store 
   int8:    per-row symmetric int8 (scale = max|row| / 127) and a float32 scale per row: Gather
            both, Cast, Mul. Gathering first keeps the work per token at one row.
 Both are plain ONNX ops. The PyTorch module computes exactly what the graph computes, so the
-export is compared against a model holding the same rounded table.
+export is compared against a model holding the same rounded table. With a tied float head, int8
+on a fused-ops export stores one table for the embedding and the head (vq2trt.export.tied_int8).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class CompactEmbedding(nn.Module):
 
 
 def compact_embedding(decoder: nn.Module, mode: str) -> None:
-    """Swap ``decoder.embed_tokens`` for a CompactEmbedding in ``mode`` (float32: unchanged)."""
+    """Swap ``decoder.embed_tokens`` for a CompactEmbedding in ``mode`` (float32: unchanged); with
+    a tied float head, int8 on a fused-ops decoder swaps both for one int8 table."""
     if mode not in MODES:
         raise EmbeddingError(f"embedding mode {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "float32":
@@ -69,7 +71,15 @@ def compact_embedding(decoder: nn.Module, mode: str) -> None:
     emb = decoder.embed_tokens
     head_w = getattr(decoder.lm_head, "weight", None)
     if isinstance(head_w, torch.Tensor) and head_w.data_ptr() == emb.weight.data_ptr():
+        if mode == "int8" and getattr(decoder, "ops", None) == "fused":  # vq2trt.export.tied_int8
+            from vq2trt.export.tied_int8 import Int8Table, TiedInt8Embedding, TiedInt8Head
+
+            table = Int8Table(emb.weight)
+            decoder.embed_tokens = TiedInt8Embedding(table, decoder.dtype)
+            decoder.lm_head = TiedInt8Head(table)
+            return
         raise EmbeddingError(f"--embedding {mode}: the model's lm_head is the embedding table (tied, float), so "
-                             "the float table stays in the export anyway; quantize the head first "
-                             "(`vq2trt quantize --head PRESET`) or export with --embedding float32")
+                             "the float table stays in the export anyway; use --embedding int8 with --ops fused "
+                             "(one int8 table for both, ONNX Runtime), quantize the head (`vq2trt quantize "
+                             "--head PRESET`) or export with --embedding float32")
     decoder.embed_tokens = CompactEmbedding(emb.weight, mode, decoder.dtype)

@@ -125,7 +125,9 @@ def model_info(model, decoder, *, quantized: bool, accuracy_level: int, source: 
     return {
         "format": "vq2trt-onnx", "version": 1, "model_type": cfg.model_type, "quantized": quantized,
         "accuracy_level": accuracy_level, "dtype": dtype_name(decoder),
-        "embedding": getattr(decoder.embed_tokens, "mode", "float32"), "ops": decoder.ops,
+        "embedding": getattr(decoder.embed_tokens, "mode", "float32"),
+        "lm_head": getattr(decoder.lm_head, "mode", "vqgemm" if hasattr(decoder.lm_head, "attrs") else "float"),
+        "ops": decoder.ops,
         "logits": decoder.logits,
         "num_layers": decoder.num_layers,
         "num_key_value_heads": decoder.num_kv_heads, "head_dim": decoder.head_dim,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vq2trt.export import fused, op
+from vq2trt.export import fused, op, tied_int8
 from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
@@ -130,6 +130,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     dec = prepare(model, accuracy_level, dtype, embedding, ops, logits)
     args = _sample_inputs(dec)
     table = _translation()
+    table.update(tied_int8.translations())
     if ops == "fused":
         table.update(fused.translations())
     with torch.no_grad(), warnings.catch_warnings(), _without_torchvision_notice():
