@@ -1,5 +1,6 @@
 """`vq2trt quantize --head` then `vq2trt export --embedding int8` on a tiny tied model: the
-folder holds no float copy of the table, runs in ONNX Runtime, and bad flags fail before work."""
+folder holds no float copy of the table, runs in ONNX Runtime, and bad flags fail before work;
+without --head, --embedding int8 stores one table for the embedding and the tied head."""
 
 import json
 
@@ -38,7 +39,21 @@ def test_bad_head_preset_fails_before_work(model_dir, calib, tmp_path, capsys):
     assert not out.exists() and not (tmp_path / ".q.partial").exists()
 
 
-def test_int8_embedding_of_a_tied_float_head_is_refused(model_dir, tmp_path, capsys):
-    _fails(["export", str(model_dir), "--out", str(tmp_path / "o"), "--embedding", "int8"], capsys,
+def test_int8_embedding_of_a_tied_float_head_is_one_table(model_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx_dir = tmp_path / "o"
+    assert main(["export", str(model_dir), "--out", str(onnx_dir), "--embedding", "int8"]) == 0
+    info = json.loads((onnx_dir / "vq2trt_onnx.json").read_text())
+    assert (info["embedding"], info["lm_head"], info["ops"]) == ("int8", "int8-tied", "fused")
+    capsys.readouterr()
+    assert main(["run", str(onnx_dir), "--prompt", "the quick", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_compact_embedding_of_a_tied_float_head_is_refused(model_dir, tmp_path, capsys):
+    # TensorRT's basic-ops graph has no MatMulNBits, and a float16 table would stay beside the head
+    _fails(["export", str(model_dir), "--out", str(tmp_path / "o"), "--embedding", "int8", "--ops", "basic"],
+           capsys, "--ops fused")
+    _fails(["export", str(model_dir), "--out", str(tmp_path / "p"), "--embedding", "float16"], capsys,
            "quantize the head")
-    assert not (tmp_path / "o").exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
