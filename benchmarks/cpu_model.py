@@ -159,7 +159,8 @@ def main(argv=None) -> int:
         info = json.loads((f / "vq2trt_onnx.json").read_text())
         kind = f"accuracy_level {info.get('accuracy_level', 0)}" if info.get("quantized") else "float"
         pre, dec = time_onnx(f, a.prompt, a.gen, a.reps, a.threads)
-        name = f"vq2trt {f.name} ({kind}, embedding {info.get('embedding', 'float32')}, lm_head {info.get('lm_head', '?')})"
+        forms = f"embedding {info.get('embedding', 'float32')}, lm_head {info.get('lm_head', '?')}"
+        name = f"vq2trt {f.name} ({kind}, {forms})"
         rows.append((name, folder_mib(f), pre, dec))
         print(rows[-1], flush=True)
     for f in a.genai:
