@@ -143,22 +143,27 @@ def register_onnx_schema() -> None:
                           ("V", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int32)"],
                            "X, packed indices, fp16 codebooks/scales, fp32 bias")],
         attributes=attrs)
-    schema_obj.set_type_and_shape_inference_function(_infer_output)
+    schema_obj.set_type_and_shape_inference_function(infer_last_dim("out_features"))
     defs.register_schema(schema_obj)
 
 
-def _infer_output(ctx) -> None:
-    """Y: X's element type and shape with the last dimension replaced by out_features."""
-    import onnx
+def infer_last_dim(attr: str):
+    """An ONNX shape inference function: Y gets input 0's element type and shape with the last
+    dimension replaced by the int attribute ``attr``."""
 
-    x = ctx.get_input_type(0)
-    if x is None or not x.HasField("tensor_type"):
-        return
-    y = onnx.TypeProto()
-    y.tensor_type.elem_type = x.tensor_type.elem_type
-    if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
-        y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
-        last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
-        last.Clear()
-        last.dim_value = ctx.get_attribute("out_features").i
-    ctx.set_output_type(0, y)
+    def infer(ctx) -> None:
+        import onnx
+
+        x = ctx.get_input_type(0)
+        if x is None or not x.HasField("tensor_type"):
+            return
+        y = onnx.TypeProto()
+        y.tensor_type.elem_type = x.tensor_type.elem_type
+        if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
+            y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
+            last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
+            last.Clear()
+            last.dim_value = ctx.get_attribute(attr).i
+        ctx.set_output_type(0, y)
+
+    return infer

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vq2trt.export import op
+
 BLOCK = 64          # MatMulNBits' block_size: a power of two >= 16
 ZERO = 128          # its default zero point for 8 bits
 HEAD_ATTRS = ("K", "N", "block_size", "accuracy_level")
@@ -72,22 +74,7 @@ def register_matmulnbits_schema() -> None:
                           ("T2", ["tensor(uint8)"], "packed weights")],
         attributes=[S.Attribute(n, S.AttrType.INT, n) for n in ("K", "N", "bits", "block_size", "accuracy_level")])
 
-    def infer(ctx) -> None:
-        import onnx
-
-        a = ctx.get_input_type(0)
-        if a is None or not a.HasField("tensor_type"):
-            return
-        y = onnx.TypeProto()
-        y.tensor_type.elem_type = a.tensor_type.elem_type
-        if a.tensor_type.HasField("shape") and len(a.tensor_type.shape.dim):
-            y.tensor_type.shape.CopyFrom(a.tensor_type.shape)
-            last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
-            last.Clear()
-            last.dim_value = ctx.get_attribute("N").i
-        ctx.set_output_type(0, y)
-
-    schema.set_type_and_shape_inference_function(infer)
+    schema.set_type_and_shape_inference_function(op.infer_last_dim("N"))
     defs.register_schema(schema)
 
 

@@ -59,25 +59,29 @@ bool avx2_pairs_enabled() {
   return e && !std::strcmp(e, "1");
 }
 
+// Midrange c and half range of component j over a part's k codebook entries: the centre and
+// span of every integer table built from the float one.
+void component_range(const Part& q, int64_t j, float& c, float& half) {
+  const int64_t v = q.v;
+  float lo = q.ftab[size_t(j)], hi = lo;
+  for (int64_t i = 0; i < q.entries; ++i) {
+    lo = std::min(lo, q.ftab[size_t(i * v + j)]);
+    hi = std::max(hi, q.ftab[size_t(i * v + j)]);
+  }
+  c = 0.5f * (lo + hi);
+  half = std::max(hi - c, c - lo);
+}
+
 // Part::ptab for a main part and its residual (both k <= 16, same columns and v).
 void make_pair_tables(Part& m, const Part& r) {
   const int64_t v = m.v;
   m.ptab.assign(size_t(v * 32), 0);
   m.pscale.assign(size_t(v), 1.f);
   m.pcenter.assign(size_t(v), 0.f);
-  auto range = [v](const Part& q, int64_t j, float& c, float& half) {
-    float lo = q.ftab[size_t(j)], hi = lo;
-    for (int64_t i = 0; i < q.entries; ++i) {
-      lo = std::min(lo, q.ftab[size_t(i * v + j)]);
-      hi = std::max(hi, q.ftab[size_t(i * v + j)]);
-    }
-    c = 0.5f * (lo + hi);
-    half = std::max(hi - c, c - lo);
-  };
   for (int64_t j = 0; j < v; ++j) {
     float cm, hm, cr, hr;
-    range(m, j, cm, hm);
-    range(r, j, cr, hr);
+    component_range(m, j, cm, hm);
+    component_range(r, j, cr, hr);
     // 62, not 63: each table rounds by up to 1/2, so the two bytes' offsets sum to at most 63.
     const float s = hm + hr > 0.f ? (hm + hr) / 62.f : 1.f;
     m.pscale[size_t(j)] = s;
@@ -188,12 +192,8 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
     // One centre and scale per component j: components of a VQ codebook often differ in range,
     // and a normalised weight's codebook holds q in [0, 1] (see Part::qcenter).
     for (int64_t j = 0; j < v; ++j) {
-      float lo = p.ftab[size_t(j)], hi = lo;
-      for (int64_t i = 0; i < k; ++i) {
-        lo = std::min(lo, p.ftab[size_t(i * v + j)]);
-        hi = std::max(hi, p.ftab[size_t(i * v + j)]);
-      }
-      const float c = 0.5f * (lo + hi), half = std::max(hi - c, c - lo);
+      float c, half;
+      component_range(p, j, c, half);
       const float s = half > 0.f ? half / 127.f : 1.f;
       p.qcenter[size_t(j)] = c;
       p.qscale[size_t(j)] = s;
@@ -226,17 +226,15 @@ void make_wide_tables(Part& p) {
   p.qcenter.assign(size_t(v), 0.f);
   p.wtab16.assign(size_t(4 * n), 0);
   for (int64_t j = 0; j < v; ++j) {
-    float lo = p.ftab[size_t(j)], hi = lo;
-    for (int64_t i = 0; i < k; ++i) {
-      lo = std::min(lo, p.ftab[size_t(i * v + j)]);
-      hi = std::max(hi, p.ftab[size_t(i * v + j)]);
-    }
-    const float c = 0.5f * (lo + hi), half = std::max(hi - c, c - lo);
+    float c, half;
+    component_range(p, j, c, half);
     const float s = half > 0.f ? half / 4095.f : 1.f;
     p.qcenter[size_t(j)] = c;
     p.qscale[size_t(j)] = s;
-    for (int64_t i = 0; i < k; ++i)
-      p.wtab16[size_t(4 * i + j)] = int16_t(std::clamp(std::nearbyint((p.ftab[size_t(i * v + j)] - c) / s), -4095.f, 4095.f));
+    for (int64_t i = 0; i < k; ++i) {
+      const float q = std::nearbyint((p.ftab[size_t(i * v + j)] - c) / s);
+      p.wtab16[size_t(4 * i + j)] = int16_t(std::clamp(q, -4095.f, 4095.f));
+    }
   }
 }
 

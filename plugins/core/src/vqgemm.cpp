@@ -40,7 +40,6 @@ struct Call {
   const float* xsum;          // [M, segments]: Σ x' over the segment, float32
   const int16_t* x16;         // xq widened (AVX2 prefill: widen_pairs' 4-row blocks), or null
   bool use_int8;              // xq, sx, corr, xsum (and x16) are there: some part takes the int8 route
-  bool heads;                 // the parts were split for the int8 route (float heads before int8 tails)
   const float* rowconst;      // [M]: Σ_ch x[m, ch] · cbias[ch], or 0
   const int16_t* x16h;        // the heads' 14-bit x (AVX2 prefill; x16's layout), or null
   const float* sxh;           // [M, wide]: its scale per row and head range
@@ -101,7 +100,7 @@ void run_rows(void* arg, size_t task) {
 #endif
     (head ? scalar::part_head : scalar::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
   };
-    auto int8_route = [&](const Part& q) { return vq2trt::int8_route(p, q, c.M); };
+  auto int8_route = [&](const Part& q) { return vq2trt::int8_route(p, q, c.M); };
   // This task's rows of y start at the per-row constant plus bias (here, not in vq_gemm: in
   // prefill that is M x N stores, which the tasks share out).
   for (int64_t m = 0; m < c.M; ++m) {
@@ -147,8 +146,9 @@ void run_rows(void* arg, size_t task) {
       float_part(pt, true);
       for (int64_t m = 0; m < c.M; ++m)
         for (int64_t n = n0; n < n1; ++n) c.y[m * N + n] += tail[size_t(m * rows + n - n0)];
-    } else {  // with heads: a head with no int8 tail (outlier columns), or a part with no byte tables
-      float_part(pt, c.heads);
+    } else {  // with segments (the parts split for the int8 route): a head with no int8 tail
+              // (outlier columns), or a part with no byte tables
+      float_part(pt, !p.segments.empty());
     }
   }
 }
@@ -228,7 +228,8 @@ float quantize_wide(const float* x, int64_t count, int64_t m, int64_t block, int
   for (int64_t c = 0; c < count; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float inv = amax > 0.f ? 8191.f / amax : 0.f;
   int16_t* o = x16h + (m >> 2) * block + (m & 3) * 2;
-  for (int64_t c = 0; c < count; ++c) o[c / 2 * 8 + c % 2] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
+  for (int64_t c = 0; c < count; ++c)
+    o[c / 2 * 8 + c % 2] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
   return amax / 8191.f;
 }
 
@@ -355,7 +356,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
   Call call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-            !p.segments.empty(), buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, nullptr};
+            buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, nullptr};
   std::vector<float>& ybuf = buf.ybuf;
   float* y32 = static_cast<float*>(y);
   if (x_type != DType::kFloat32) {
@@ -374,7 +375,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   // The int8 kernels compute 16 or 32 output rows a pass: tasks of 36 rows (N = 576) would pay a
   // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
-  if (call.heads && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
+  if (!p.segments.empty() && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
     for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
