@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from machine import environment
 
 
 def cpu_isa() -> str:
@@ -152,21 +153,33 @@ def main(argv=None) -> int:
                    help="folders to time through onnxruntime_genai's generator: its own int4 models "
                         "(models.builder -p int4) or vq2trt exports (libvq2trt_ort.so copied in)")
     p.add_argument("--profile", type=Path, help="write ORT profiles here and print ms per op type of a decode step")
+    p.add_argument("--dense4", action="store_true",
+                   help="also time each quantized folder with VQ2TRT_DENSE4=1 (the opt-in 4-bit decode form)")
     a = p.parse_args(argv)
+
+    def variants(f: Path):
+        """The folder's rows: as is, and with VQ2TRT_DENSE4=1 for a quantized export under --dense4."""
+        yield "", {}
+        info = f / "vq2trt_onnx.json"
+        if a.dense4 and info.is_file() and json.loads(info.read_text()).get("quantized"):
+            yield ", VQ2TRT_DENSE4=1", {"VQ2TRT_DENSE4": "1"}
 
     rows = []
     for f in a.folders:
         info = json.loads((f / "vq2trt_onnx.json").read_text())
         kind = f"accuracy_level {info.get('accuracy_level', 0)}" if info.get("quantized") else "float"
-        pre, dec = time_onnx(f, a.prompt, a.gen, a.reps, a.threads)
         forms = f"embedding {info.get('embedding', 'float32')}, lm_head {info.get('lm_head', '?')}"
-        name = f"vq2trt {f.name} ({kind}, {forms})"
-        rows.append((name, folder_mib(f), pre, dec))
-        print(rows[-1], flush=True)
+        for label, values in variants(f):
+            with environment(values):
+                pre, dec = time_onnx(f, a.prompt, a.gen, a.reps, a.threads)
+            rows.append((f"vq2trt {f.name} ({kind}, {forms}{label})", folder_mib(f), pre, dec))
+            print(rows[-1], flush=True)
     for f in a.genai:
-        pre, dec = time_genai(f, a.prompt, a.gen, a.reps, a.threads)
-        rows.append((f"ORT GenAI {f.name}", folder_mib(f), pre, dec))
-        print(rows[-1], flush=True)
+        for label, values in variants(f):
+            with environment(values):
+                pre, dec = time_genai(f, a.prompt, a.gen, a.reps, a.threads)
+            rows.append((f"ORT GenAI {f.name}{label}", folder_mib(f), pre, dec))
+            print(rows[-1], flush=True)
     for g in a.gguf:
         pre, dec = time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads)
         rows.append((f"llama.cpp {g.name}", g.stat().st_size / 2**20, pre, dec))

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import environment
 
 from vq2trt.runtime.session import OnnxDecoder, load_tokenizer
 
@@ -52,6 +53,8 @@ def main() -> None:
     ap.add_argument("--text", default="../shared/data/wikitext-2/wiki.test.raw")
     ap.add_argument("--chars", type=int, default=20000, help="characters of the text to tokenize")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dense4", action="store_true",
+                    help="also run each accuracy_level-4 folder with VQ2TRT_DENSE4=1 (the opt-in 4-bit decode form)")
     args = ap.parse_args()
 
     tok = load_tokenizer(args.onnx[0])
@@ -62,14 +65,20 @@ def main() -> None:
     targets = np.array(ids[1:])
 
     rows, ref, ref_raw = [], None, None
+    runs = []
     for folder in args.onnx:
         info = json.loads((Path(folder) / "vq2trt_onnx.json").read_text())
-        dec = OnnxDecoder(folder, threads=args.threads)
+        runs.append((folder, info, {}))
+        if args.dense4 and info.get("quantized") and info.get("accuracy_level", 0) >= 4:
+            runs.append((folder, info, {"VQ2TRT_DENSE4": "1"}))
+    for folder, info, env in runs:
+        with environment(env):
+            dec = OnnxDecoder(folder, threads=args.threads)
         t0 = time.time()
         raw = decode_logits(dec, ids)
         lp = log_softmax(raw)
         lp_prefill = log_softmax(dec.logits(np.array([ids]))[0, :-1])
-        row = {"folder": folder, "level": info.get("accuracy_level", "-") if info.get("quantized") else "float",
+        row = {"folder": folder + "".join(f", {k}={v}" for k, v in env.items()), "level": info.get("accuracy_level", "-") if info.get("quantized") else "float",
                "decode": math.exp(nll(lp, targets)), "prefill": math.exp(nll(lp_prefill, targets))}
         if ref is None:
             ref, ref_raw = lp, raw

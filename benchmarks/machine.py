@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -27,3 +28,18 @@ def cpu_label() -> str:
     else:
         isa = "scalar"
     return f"{name}, {isa}, {os.cpu_count()} logical CPUs"
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]):
+    """os.environ with ``values`` while sessions are created (the kernels read VQ2TRT_* at prepack)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

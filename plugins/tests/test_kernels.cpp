@@ -38,6 +38,12 @@ constexpr double kPrefillDecodeRelTol = 1e-4;
 // a component's range and 1/16382 of a row's largest head activation (up to 2.7e-3 measured
 // with a 300x activation in the head, which also sets the RMS).
 constexpr double kWideHeadRelTol = 5e-3;
+// Dense4 (VQ2TRT_DENSE4=1) on random weights: each weight rounded once more to 16 levels over its
+// 32-column block. Codebooks uniform in [-1, 1] put ~1.9 in a block (a step of 0.13, 6 % of the
+// weights' RMS per weight); the random outlier codebooks' [-4, 4] share the first block with main
+// columns and quadruple its step (0.5 x RMS measured with K = 70, a third of the row in that block).
+// This bound only catches gross errors: the exact case below is the layout check.
+constexpr double kDense4RelTol = 0.7;
 
 int failures = 0;
 
@@ -190,6 +196,50 @@ void check_avx2_prefill_heads(std::mt19937& rng, const VQGemmDims& d, int64_t M)
   }
 }
 
+// Dense4 (internal.h) at decode row counts on every x86 ISA here (its blocks start after the 64
+// exact head columns):
+// - exact: codebooks of two values per component (any block then holds at most two values, u is 0
+//   or 15) and integer x' with 127 in every block (int8 with scale 1), so the result is the
+//   reference's up to float32 rounding: any misplaced nibble, block, row or scale shows.
+// - random: within kDense4Rel of the reference, and not the sums of the level-4 lookup route.
+void check_dense4(std::mt19937& rng, VQGemmDims d, bool exact) {
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (native_isa(isa) != isa) continue;
+    if (exact) d.normalized = false, d.k_r = 0;
+    test::RandomWeight w = test::random_weight(rng, d);
+    std::bernoulli_distribution coin(0.5);
+    if (exact) {
+      for (auto* cb : {&w.codebook, &w.outlier_codebook})
+        for (auto& h : *cb) h = float_to_half(coin(rng) ? -0.5f : 0.4375f);  // 15 fp16-exact steps of 1/16
+    }
+    for (int64_t M : {1, 2, 5, 8}) {
+      std::vector<float> x(size_t(M * d.K)), ref(size_t(M * d.N)), y(ref.size()), y0(ref.size());
+      std::normal_distribution<float> g(0.f, 1.f);
+      std::uniform_int_distribution<int> u(-127, 127);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t p = 0; p < d.K; ++p)
+          x[size_t(m * d.K + w.perm[size_t(p)])] =
+              exact ? float(p >= 64 && (p - 64) % 32 == 0 ? (coin(rng) ? 127 : -127) : u(rng)) : g(rng);
+      vq_gemm_reference(w.desc, x.data(), M, ref.data());
+      PrepackedPtr p0 = prepack(w.desc, 4, isa);
+      setenv("VQ2TRT_DENSE4", "1", 1);
+      PrepackedPtr p = prepack(w.desc, 4, isa);
+      unsetenv("VQ2TRT_DENSE4");
+      vq_gemm(*p, DType::kFloat32, x.data(), M, y.data());
+      vq_gemm(*p0, DType::kFloat32, x.data(), M, y0.data());
+      char name[160];
+      std::snprintf(name, sizeof(name), "dense4 %s N=%ld K=%ld v=%ld k=%ld n_out=%ld M=%ld isa=%s",
+                    exact ? "exact" : "random", long(d.N), long(d.K), long(d.v), long(d.k), long(d.n_out), long(M),
+                    isa_name(isa));
+      compare(name, y, ref, exact ? kFloatRelTol : kDense4RelTol);
+      if (!exact && d.K > 64 && y == y0) {  // the first 64 permuted columns are the lookup route's
+        ++failures;
+        std::printf("FAIL %s: same sums as the lookup route (Dense4 not taken)\n", name);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -294,6 +344,20 @@ int main() {
   for (const auto& d : pairs) {
     check_weight(rng, d, {1, 2, 3, 8, 9, 13, 64});
     for (int64_t M : {1, 3, 13}) check_pair_route(rng, d, M);
+  }
+  // Dense4: SmolLM2's default shape, N not a multiple of the 4-row groups nor of v, K not a
+  // multiple of the 32-column blocks (down to one partial block), outliers, residual, groups,
+  // normalisation and bias, 16-bit indices, several tasks (N = 1000).
+  const VQGemmDims dense4[] = {
+      {192, 576, 0, 4, 256, 1, 0, 0, 0, true, false},
+      {37, 100, 0, 3, 512, 1, 0, 0, 0, false, true},
+      {1000, 70, 5, 4, 256, 2, 0, 2, 16, true, true},
+      {22, 13, 0, 2, 16, 1, 0, 0, 0, false, false},
+      {50, 130, 5, 6, 4096, 2, 16, 4, 300, true, true},
+  };
+  for (const auto& d : dense4) {
+    check_dense4(rng, d, true);
+    check_dense4(rng, d, false);
   }
   // Random formats.
   for (int t = 0; t < 24; ++t) {

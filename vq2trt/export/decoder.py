@@ -45,8 +45,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 # basic: opset-18 ops everywhere (TensorRT, any runtime); fused: opset-23 RMSNormalization,
-# RotaryEmbedding and Attention nodes (export/fused.py), ~4x fewer nodes for ONNX Runtime.
-OPS = ("basic", "fused")
+# RotaryEmbedding and Attention nodes (export/fused.py), ~4x fewer nodes for ONNX Runtime; gqa: the
+# fused graph with ONNX Runtime's GroupQueryAttention for Attention (export/gqa.py), whose KV cache
+# can be one buffer shared by past and present. PyTorch computes gqa exports as fused ones.
+OPS = ("basic", "fused", "gqa")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -98,10 +100,10 @@ class ExportDecoder(nn.Module):
         if ops not in OPS:
             raise ValueError(f"export ops must be one of {', '.join(OPS)}, got {ops!r}")
         self.dtype, self.ops, self.logits = resolve_dtype(dtype), ops, check_logits(logits)
-        if ops == "fused" and self.dtype != torch.float32:
+        if ops != "basic" and self.dtype != torch.float32:
             # float16/bfloat16 graphs are for TensorRT, which builds from the basic graph; a fused
             # one in a low dtype has no runtime here to be tested against.
-            raise ValueError(f"export ops 'fused' is float32 only, got dtype {self.dtype}; use ops 'basic'")
+            raise ValueError(f"export ops '{ops}' is float32 only, got dtype {self.dtype}; use ops 'basic'")
         cfg = hf_model.config
         self.family = fam = families.check_config(cfg)
         if self.dtype != torch.float32:
@@ -181,7 +183,7 @@ class ExportDecoder(nn.Module):
         return attn.o_proj(y), k, v
 
     def _attention(self, attn: nn.Module, h, cos, sin, mask, past_k, past_v, scale):
-        if self.ops == "fused":
+        if self.ops != "basic":
             return self._fused_attention(attn, h, cos, sin, mask, past_k, past_v, scale)
         B, S, _ = h.shape                                            # h [B, S, hidden]
         q, k, v = self._qkv(attn, h)
@@ -208,7 +210,7 @@ class ExportDecoder(nn.Module):
     def _rope(self, position_ids, key):
         freqs = position_ids[..., None].float() * getattr(self, self._rope_buffer(key))    # [B, S, d/2]
         scaling = self.attention_scaling[key]
-        if self.ops == "fused":                                      # RotaryEmbedding takes the half
+        if self.ops != "basic":                                      # RotaryEmbedding takes the half
             cos, sin = freqs.cos() * scaling, freqs.sin() * scaling
         else:
             emb = torch.cat([freqs, freqs], dim=-1)

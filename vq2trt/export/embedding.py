@@ -71,7 +71,7 @@ def compact_embedding(decoder: nn.Module, mode: str) -> None:
     emb = decoder.embed_tokens
     head_w = getattr(decoder.lm_head, "weight", None)
     if isinstance(head_w, torch.Tensor) and head_w.data_ptr() == emb.weight.data_ptr():
-        if mode == "int8" and getattr(decoder, "ops", None) == "fused":  # vq2trt.export.tied_int8
+        if mode == "int8" and getattr(decoder, "ops", "basic") != "basic":  # vq2trt.export.tied_int8
             from vq2trt.export.tied_int8 import Int8Table, TiedInt8Embedding, TiedInt8Head
 
             table = Int8Table(emb.weight)

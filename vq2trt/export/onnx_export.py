@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vq2trt.export import fused, op, tied_int8
+from vq2trt.export import fused, gqa, op, tied_int8
 from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
@@ -49,11 +49,11 @@ def _translation():
 
 
 def resolve_ops(ops: str, dtype: str | torch.dtype = "float32") -> str:
-    """"fused" or "basic" for an ``ops`` choice (see export_onnx); a clear error for anything else."""
+    """"fused", "gqa" or "basic" for an ``ops`` choice (see export_onnx); a clear error for anything else."""
     if ops == "auto":
         return "fused" if resolve_dtype(dtype) == torch.float32 else "basic"
     if ops not in OPS:
-        raise ValueError(f"export ops must be auto, {' or '.join(OPS)}, got {ops!r}")
+        raise ValueError(f"export ops must be auto, {', '.join(OPS)}, got {ops!r}")
     return ops                  # ExportDecoder refuses fused with a dtype other than float32
 
 
@@ -118,7 +118,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     ``embedding``: stored form of the embedding table (float32, float16, int8).
     ``ops``: "fused" (opset 23: one RMSNormalization / RotaryEmbedding / Attention node each, for
     ONNX Runtime), "basic" (opset 18, the portable graph TensorRT builds from) or "auto": fused
-    for float32, basic for float16/bfloat16 (the TensorRT dtypes).
+    for float32, basic for float16/bfloat16 (the TensorRT dtypes); "gqa": fused with ONNX Runtime's
+    GroupQueryAttention (export/gqa.py: a KV cache shared by past and present in ORT GenAI).
     ``logits``: "all" positions (perplexity, comparisons) or the "last" only (generation; decoder.py)."""
     from vq2trt.export.graph import finalize, write_folder
 
@@ -128,18 +129,23 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     if embedding not in EMBEDDING_MODES:
         raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
     dec = prepare(model, accuracy_level, dtype, embedding, ops, logits)
+    if ops == "gqa":
+        gqa.check_model(dec)
     args = _sample_inputs(dec)
     table = _translation()
     table.update(tied_int8.translations())
-    if ops == "fused":
+    if ops != "basic":
         table.update(fused.translations())
     with torch.no_grad(), warnings.catch_warnings(), _without_torchvision_notice():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            dec, args, dynamo=True, opset_version=fused.OPSET if ops == "fused" else OPSET,
+            dec, args, dynamo=True, opset_version=OPSET if ops == "basic" else fused.OPSET,
             input_names=dec.input_names(),
             output_names=dec.output_names(), dynamic_shapes=_dynamic_shapes(dec),
             custom_translation_table=table, optimize=True, verbose=False)
-    proto = finalize(program.model_proto, dec)
+    proto = program.model_proto
+    if ops == "gqa":
+        proto = gqa.use_group_query_attention(proto)
+    proto = finalize(proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
                         accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))

@@ -94,6 +94,33 @@ struct Segment {
   int64_t byte_offset = 0, block_offset = 0;  // into a row's xq bytes / block scales
 };
 
+// Opt-in dense 4-bit decode (VQ2TRT_DENSE4=1 at prepack; accuracy_level 4 on x86 with AVX2). The
+// lookup kernels spend about one instruction per weight (index extraction, a table-row load, an
+// FMA share: decode_avx2.cpp), which on CPUs without fast gathers leaves the 2-bit default format
+// 1.3-1.6x slower per weight than ORT's 4-bit MatMulNBits. Here the weight is dequantized once, in
+// permuted order (outliers, main and residual summed in float32), and rounded to 4 bits per block
+// of kDense4Block columns with a float step and minimum (w = m + step · u, u in 0..15); decode (M <=
+// 8) then runs an int8 x 4-bit GEMV at ~1/3 instruction per weight (dense4_avx2.cpp), on x' rounded
+// to int8 per block. Costs: 5 more bits per weight in memory (the indices stay, for prefill) and a
+// second rounding of the weight (RESULTS.md has its KL against level 0). The file is unchanged.
+constexpr int64_t kDense4Block = 32;
+struct Dense4 {
+  // The first col0 permuted columns (kInt8HeadCols: the most salient, as on the int8 route) stay
+  // exact: `head` holds the parts cut to them, run by the float kernels. Rounded with the rest,
+  // they cost most of the accuracy (SmolLM2 decode KL against level 0: 0.93 nats/token).
+  int64_t col0 = 0;
+  std::vector<Part> head;
+  int64_t blocks = 0;        // ceil((K - col0) / kDense4Block); empty vectors: off
+  // Groups of 4 output rows: [groups][blocks][4 rows][16 bytes], byte i = u[i] | u[i + 16] << 4.
+  std::vector<uint8_t> q;
+  // fp16 step and minimum (5 bits a weight in all, as MatMulNBits' 4-bit with block 32: at decode
+  // this kernel streams its weight from memory at about the same rate, so bytes are its speed).
+  std::vector<uint16_t> d;   // step, [groups][blocks][4 rows]
+  std::vector<uint16_t> m;   // minimum, [groups][4 rows][blocks] (a row's run is one dot product)
+};
+bool dense4_requested();     // VQ2TRT_DENSE4=1
+void make_dense4(Prepacked& p);
+
 struct Prepacked {
   VQGemmDims dims;
   int accuracy_level = 0;
@@ -117,6 +144,7 @@ struct Prepacked {
   // ceil(count / 64) · 32 pairs.
   std::vector<Segment> wide;
   int64_t wide_pairs = 0;
+  Dense4 dense4;
   int64_t max_count = 0;                // longest part, for scratch sizing
   int64_t row_unit = 1;                 // task boundaries are multiples of this (lcm of v's)
 };
@@ -208,6 +236,13 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
 // xq [M, bytes] -> x16 [ceil(M / 4), bytes / 2, 4, 2], the layout of part_int8_prefill (bytes
 // even), for activation rows [m0, m1).
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16);
+// Decode with the Dense4 form (dense4_avx2.cpp): y[m * N + n] += row n's dot with activation row m
+// for n in [n0, n1) (n0 a multiple of 4). xq [M, blocks · 32]: x' rounded to int8 per block, sx
+// [M, blocks] its scales, xsum [M, blocks] Σ x' per block (float32).
+void dense4_gemv(const uint8_t* q, const uint16_t* d, const uint16_t* mins, int64_t blocks, const int8_t* xq,
+                 const float* sx, const float* xsum, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
+// x[0, count) -> int8 per block of 32 (zero padded to blocks · 32) with its scale and Σ x.
+void dense4_quantize(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sx, float* xsum);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                         bool split, uint8_t* out);

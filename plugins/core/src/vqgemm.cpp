@@ -44,6 +44,9 @@ struct Call {
   const int16_t* x16h;        // the heads' 14-bit x (AVX2 prefill; x16's layout), or null
   const float* sxh;           // [M, wide]: its scale per row and head range
   const float* xsumh;         // [M, wide]: Σ x' over the head range
+  const int8_t* xq4;          // Dense4 decode: x' at int8 per block [M, blocks · 32], or null
+  const float* sx4;           // [M, blocks]
+  const float* xsum4;         // [M, blocks]
   float* y;                   // [M, N]
 };
 
@@ -111,6 +114,14 @@ void run_rows(void* arg, size_t task) {
     else
       for (int64_t n = n0; n < n1; ++n) ym[n] = r + p.bias[size_t(n)];
   }
+#if VQ2TRT_X86
+  if (c.xq4) {
+    const Dense4& w = p.dense4;
+    for (const Part& h : w.head) float_part(h, true);
+    return avx2::dense4_gemv(w.q.data(), w.d.data(), w.m.data(), w.blocks, c.xq4, c.sx4, c.xsum4, c.M, c.y, N, n0,
+                             n1);
+  }
+#endif
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
     auto int8_part = [&](const Part& q, float* yq, int64_t ys, int64_t y0) {
@@ -219,6 +230,9 @@ struct Prep {
   int16_t* x16h;    // the heads' 14-bit x (Call::x16h), or null
   float* sxh;
   float* xsumh;
+  int8_t* xq4;      // Dense4 decode (Call::xq4), or null
+  float* sx4;
+  float* xsum4;
 };
 
 // x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
@@ -251,6 +265,13 @@ void prep_rows(void* arg, size_t task) {
     if (!p.col_bias.empty()) c.rowconst[m] = float(dot_f64(xf, p.col_bias.data(), K));
     float* xo = c.xp + m * K;
     for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
+#if VQ2TRT_X86
+    if (c.xq4) {
+      const int64_t nb = p.dense4.blocks;
+      const int64_t c0 = p.dense4.col0;
+      avx2::dense4_quantize(xo + c0, K - c0, nb, c.xq4 + m * nb * kDense4Block, c.sx4 + m * nb, c.xsum4 + m * nb);
+    }
+#endif
     if (!c.xq) continue;
     const int64_t nw = int64_t(p.wide.size());
     if (c.x16h)
@@ -288,7 +309,8 @@ struct CallBuffers {
   std::vector<float> xp, rowconst, sx, corr, xsum, ybuf;
   std::vector<int8_t> xq;
   std::vector<int16_t> x16, x16h;
-  std::vector<float> sxh, xsumh;
+  std::vector<float> sxh, xsumh, sx4, xsum4;
+  std::vector<int8_t> xq4;
 };
 
 // Frees the buffers that outgrew decode sizes when a call ends (normal return or exception).
@@ -300,7 +322,7 @@ struct BufferTrim {
       if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
     };
     trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
-    trim(b.sxh), trim(b.xsumh);
+    trim(b.sxh), trim(b.xsumh), trim(b.sx4), trim(b.xsum4), trim(b.xq4);
     trim(b.rowconst);
   }
 };
@@ -317,8 +339,10 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   const BufferTrim trim{buf};
   // x' and its int8 forms are only made for the parts that read them: on AVX2 without fast
   // gathers decode takes no int8 route, and quantizing x there was work for nothing.
+  // Dense4 (opt-in) takes the whole decode: no part reads x' at int8 then.
+  const bool dense4 = !p.dense4.q.empty() && M <= kMaxInt8Rows;
   bool any_int8 = false;
-  for (const Part& q : p.parts) any_int8 = any_int8 || int8_route(p, q, M);
+  for (const Part& q : p.parts) any_int8 = any_int8 || (!dense4 && int8_route(p, q, M));
   const int64_t nseg = any_int8 ? int64_t(p.segments.size()) : 0;
   buf.xp.resize(size_t(M * K));
   buf.rowconst.assign(size_t(M), 0.f);
@@ -329,7 +353,16 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     buf.xsum.assign(size_t(M * nseg), 0.f);
   }
   Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr,
-            nullptr, nullptr, nullptr};
+            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  if (dense4) {
+    const int64_t nb = p.dense4.blocks;
+    buf.xq4.resize(size_t(M * nb * kDense4Block));
+    buf.sx4.resize(size_t(M * nb));
+    buf.xsum4.resize(size_t(M * nb));
+    prep.xq4 = buf.xq4.data();
+    prep.sx4 = buf.sx4.data();
+    prep.xsum4 = buf.xsum4.data();
+  }
   if (any_int8) {
     prep.xq = buf.xq.data();
     prep.sx = buf.sx.data();
@@ -356,7 +389,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
   Call call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-            buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, nullptr};
+            buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sx4, prep.xsum4, nullptr};
   std::vector<float>& ybuf = buf.ybuf;
   float* y32 = static_cast<float*>(y);
   if (x_type != DType::kFloat32) {
@@ -376,6 +409,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
   if (!p.segments.empty() && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
+  if (dense4) call.row_block = ceil_div(call.row_block, int64_t(4)) * 4;  // Dense4's row groups
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
     for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);

@@ -1,0 +1,93 @@
+// The opt-in dense 4-bit decode form of a weight (Dense4, VQ2TRT_DENSE4=1): built once at prepack
+// from the parts' float tables, so it sees exactly the weight the float route computes with.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "internal.h"
+#include "unpack.h"
+
+namespace vq2trt {
+
+bool dense4_requested() {
+  const char* e = std::getenv("VQ2TRT_DENSE4");
+  return e && !std::strcmp(e, "1");
+}
+
+void make_dense4(Prepacked& p) {
+  const int64_t N = p.dims.N, col0 = std::min(kInt8HeadCols, p.dims.K), K = p.dims.K - col0;
+  const int64_t nb = ceil_div(K, kDense4Block), groups = ceil_div(N, int64_t(4));
+  Dense4& w = p.dense4;
+  w.col0 = col0;
+  for (const Part& pt : p.parts) {
+    if (pt.col0 >= col0) continue;
+    Part h;  // the float route's fields only
+    h.col0 = pt.col0;
+    h.count = std::min(col0 - pt.col0, pt.count);
+    h.v = pt.v, h.rows = pt.rows, h.bits = pt.bits, h.words = pt.words, h.skip_bits = pt.skip_bits;
+    h.indices = pt.indices;
+    h.entries = pt.entries;
+    h.ftab = pt.ftab;
+    h.ftab4 = pt.ftab4;
+    w.head.push_back(std::move(h));
+  }
+  for (Part& h : w.head) {
+    h.ft = h.ftab.data();
+    h.ft4 = h.ftab4.empty() ? nullptr : h.ftab4.data();
+  }
+  w.blocks = nb;
+  w.q.assign(size_t(groups * nb * 4 * 16), 0);
+  w.d.assign(size_t(groups * nb * 4), 0);
+  w.m.assign(size_t(groups * 4 * nb), 0);
+  // One vector row (v output rows) at a time: the parts' sums in permuted order, as x' is.
+  std::vector<float> rows;
+  std::vector<uint32_t> idx;
+  const int64_t v_max = std::max<int64_t>(p.row_unit, 4);
+  for (int64_t n0 = 0; n0 < N; n0 += v_max) {
+    const int64_t nr = std::min(v_max, N - n0);
+    rows.assign(size_t(nr * nb * kDense4Block), 0.f);
+    for (const Part& pt : p.parts) {
+      idx.resize(size_t(pt.count));
+      for (int64_t r = n0 / pt.v; r * pt.v < n0 + nr; ++r) {
+        const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
+        unpack_generic(row, pt.words, pt.skip_bits, pt.bits, pt.count, idx.data());
+        for (int64_t j = 0; j < pt.v; ++j) {
+          const int64_t n = r * pt.v + j;
+          if (n < n0 || n >= n0 + nr) continue;
+          float* out = rows.data() + (n - n0) * nb * kDense4Block + pt.col0 - col0;
+          for (int64_t c = std::max<int64_t>(0, col0 - pt.col0); c < pt.count; ++c)
+            out[c] += pt.ftab[size_t(idx[size_t(c)] * pt.v + j)];
+        }
+      }
+    }
+    for (int64_t i = 0; i < nr; ++i) {
+      const int64_t n = n0 + i, g = n / 4, lane = n % 4;
+      const float* src = rows.data() + i * nb * kDense4Block;
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* blk = src + b * kDense4Block;
+        const int64_t valid = std::min(kDense4Block, K - b * kDense4Block);  // padding is not weight
+        float lo = blk[0], hi = blk[0];
+        for (int64_t c = 1; c < valid; ++c) lo = std::min(lo, blk[c]), hi = std::max(hi, blk[c]);
+        // The levels are rounded with the fp16 minimum and step the kernel will use.
+        const uint16_t lo16 = float_to_half(lo), step16 = float_to_half((hi - lo) / 15.f);
+        const float lo_h = half_to_float(lo16), step = half_to_float(step16);
+        if (!std::isfinite(lo_h) || !std::isfinite(step) || !std::isfinite(lo_h + 15.f * step)) {
+          w = Dense4();  // beyond fp16 (|w| > 65504): this weight keeps the lookup route
+          return;
+        }
+        uint8_t u[kDense4Block] = {};
+        for (int64_t c = 0; c < valid && step > 0.f; ++c)
+          u[c] = uint8_t(std::clamp(std::nearbyint((blk[c] - lo_h) / step), 0.f, 15.f));
+        // Byte i holds elements i (low nibble) and i + 16 (high): one shift and one mask give
+        // the 32 in order (dense4_avx2.cpp).
+        uint8_t* q = w.q.data() + ((g * nb + b) * 4 + lane) * 16;
+        for (int64_t c = 0; c < 16; ++c) q[c] = uint8_t(u[c] | (u[c + 16] << 4));
+        w.d[size_t((g * nb + b) * 4 + lane)] = step16;
+        w.m[size_t((g * 4 + lane) * nb + b)] = lo16;
+      }
+    }
+  }
+}
+
+}  // namespace vq2trt
