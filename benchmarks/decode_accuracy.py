@@ -78,7 +78,8 @@ def main() -> None:
         raw = decode_logits(dec, ids)
         lp = log_softmax(raw)
         lp_prefill = log_softmax(dec.logits(np.array([ids]))[0, :-1])
-        row = {"folder": folder + "".join(f", {k}={v}" for k, v in env.items()), "level": info.get("accuracy_level", "-") if info.get("quantized") else "float",
+        label = folder + "".join(f", {k}={v}" for k, v in env.items())
+        row = {"folder": label, "level": info.get("accuracy_level", "-") if info.get("quantized") else "float",
                "decode": math.exp(nll(lp, targets)), "prefill": math.exp(nll(lp_prefill, targets))}
         if ref is None:
             ref, ref_raw = lp, raw

@@ -33,7 +33,7 @@ def register_schema() -> None:
     if defs.has("GroupQueryAttention", DOMAIN):
         return
     S = defs.OpSchema
-    T, I = "T", "M"
+    T, L = "T", "L"                                   # activations, lengths
     schema = S(
         "GroupQueryAttention", DOMAIN, 1, "causal grouped-query attention with a KV cache (ONNX Runtime contrib op)",
         inputs=[S.FormalParameter("query", T, "[B, S, num_heads * d]"),
@@ -41,13 +41,13 @@ def register_schema() -> None:
                 S.FormalParameter("value", T, "[B, S, kv_num_heads * d]"),
                 S.FormalParameter("past_key", T, "[B, kv_num_heads, P, d]"),
                 S.FormalParameter("past_value", T, "[B, kv_num_heads, P, d]"),
-                S.FormalParameter("seqlens_k", I, "[B]: the last valid key's index"),
-                S.FormalParameter("total_sequence_length", I, "scalar")],
+                S.FormalParameter("seqlens_k", L, "[B]: the last valid key's index"),
+                S.FormalParameter("total_sequence_length", L, "scalar")],
         outputs=[S.FormalParameter("output", T, "query's shape"),
                  S.FormalParameter("present_key", T, "[B, kv_num_heads, T, d]"),
                  S.FormalParameter("present_value", T, "[B, kv_num_heads, T, d]")],
         type_constraints=[(T, ["tensor(float)", "tensor(float16)"], "activations and cache"),
-                          (I, ["tensor(int32)"], "lengths")],
+                          (L, ["tensor(int32)"], "lengths")],
         attributes=[S.Attribute("num_heads", S.AttrType.INT, "query heads"),
                     S.Attribute("kv_num_heads", S.AttrType.INT, "key/value heads"),
                     S.Attribute("scale", S.AttrType.FLOAT, "score scale", required=False),
