@@ -142,6 +142,9 @@ def main(argv=None) -> None:
             rows.append((f"VQGemm {label}, accuracy_level {level}",
                          lambda v=v, k=k, kr=kr, level=level: vq_chain(rng, args.layers, args.dim, v, k, level, kr),
                          None))
+        if k == 256:  # the opt-in dense 4-bit decode form (plugins/core/src/internal.h: Dense4)
+            rows.append((f"VQGemm {label}, accuracy_level 4, VQ2TRT_DENSE4=1",
+                         lambda v=v, k=k: vq_chain(rng, args.layers, args.dim, v, k, 4), {"VQ2TRT_DENSE4": "1"}))
         if kr:  # AVX2's one-pass main + residual kernel, opt-in (plugins/core/src/prepack.cpp)
             rows.append((f"VQGemm {label}, accuracy_level 4, VQ2TRT_PAIR=1",
                          lambda v=v, k=k, kr=kr: vq_chain(rng, args.layers, args.dim, v, k, 4, kr),
