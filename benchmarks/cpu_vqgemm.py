@@ -9,6 +9,11 @@ MatMulNBits 4-bit and to the 2-bit memory floor (the float32 chain's bandwidth a
 VQ2TRT_ISA caps vq2trt's kernels (MLAS keeps its own choice); the header names the CPU and ISA.
 
     .venv/bin/python benchmarks/cpu_vqgemm.py [--layers 16] [--dim 4096] [--runs 30] [--threads 2] [--rows 1]
+
+With --shapes 192x576,1536x576,... (N x K, e.g. a model's projections) each shape is timed as a fan
+instead: LAYERS nodes of that shape reading one x (so the weights stream from memory as in a decode
+step), µs per node for the default format at level 4, with VQ2TRT_DENSE4=1, MatMulNBits 4-bit with
+block 32 (ORT GenAI's int4 models) and float32 MatMul; sessions one after another, ROUNDS rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +44,67 @@ def random_vq(rng, n: int, k_in: int, v: int, k: int, k_res: int = 0) -> VQWeigh
     return VQWeight(out_features=n, in_features=k_in, num_outlier_cols=0,
                     perm=rng.permutation(k_in).astype(np.int32), indices=words(k),
                     codebook=(rng.standard_normal((1, k, v)) * 0.02).astype(np.float16), **res)
+
+
+def fan_model(kind: str, rng, layers: int, n: int, k_in: int):
+    """LAYERS nodes of one N x K weight each, all reading x [M, K]; outputs o0 .. o{LAYERS-1}."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes, inits = [], []
+    for i in range(layers):
+        if kind == "vq":
+            w = random_vq(rng, n, k_in, 4, 256)
+            names = []
+            for name, a in weight_inputs(w).items():
+                inits.append(numpy_helper.from_array(np.ascontiguousarray(a), f"l{i}.{name}"))
+                names.append(f"l{i}.{name}")
+            nodes.append(helper.make_node(OP_TYPE, ["x", *names], [f"o{i}"], domain=DOMAIN, **attributes(w, 4)))
+        elif kind == "nbits":
+            nb = k_in // 32
+            inits += [numpy_helper.from_array(rng.integers(0, 256, (n, nb, 16), dtype=np.uint8), f"l{i}.B"),
+                      numpy_helper.from_array((rng.random(n * nb, dtype=np.float32) * 0.01), f"l{i}.s")]
+            nodes.append(helper.make_node("MatMulNBits", ["x", f"l{i}.B", f"l{i}.s"], [f"o{i}"], domain="com.microsoft",
+                                          K=k_in, N=n, bits=4, block_size=32, accuracy_level=4))
+        else:
+            inits.append(numpy_helper.from_array((rng.standard_normal((k_in, n)) * 0.02).astype(np.float32), f"l{i}.W"))
+            nodes.append(helper.make_node("MatMul", ["x", f"l{i}.W"], [f"o{i}"]))
+    outs = [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, ["m", n]) for i in range(layers)]
+    graph = helper.make_graph(nodes, "fan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k_in])], outs,
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, OP_VERSION),
+                                                   helper.make_opsetid("com.microsoft", 1)])
+
+
+def time_fans(args) -> None:
+    """--shapes: one table, µs per node per shape and op (see the module docstring)."""
+    import gc
+
+    from machine import cpu_label
+    rng = np.random.default_rng(0)
+    ops = (("VQGemm v4-k256, level 4", "vq", None),
+           ("VQGemm v4-k256, level 4, VQ2TRT_DENSE4=1", "vq", {"VQ2TRT_DENSE4": "1"}),
+           ("MatMulNBits 4-bit g32, level 4", "nbits", None), ("MatMul float32", "float", None))
+    print(f"{cpu_label()}; fans of {args.layers} nodes, M={args.rows}, {args.threads} intra-op threads, "
+          f"{args.rounds} rounds x {args.runs} runs, median µs per node")
+    print("| N x K | " + " | ".join(name for name, _, _ in ops) + " | Dense4 / MatMulNBits |")
+    print("|---|" + "---|" * (len(ops) + 1))
+    for shape in args.shapes.split(","):
+        n, k_in = (int(v) for v in shape.lower().split("x"))
+        models = [(fan_model(kind, rng, args.layers, n, k_in), env) for _, kind, env in ops]
+        feed = {"x": rng.standard_normal((args.rows, k_in)).astype(np.float32)}
+        times = [[] for _ in ops]
+        for _ in range(args.rounds):
+            for i, (model, env) in enumerate(models):
+                sess = make_session(model, args.threads, env)
+                for _ in range(5):
+                    sess.run(None, feed)
+                for _ in range(args.runs):
+                    t0 = time.perf_counter()
+                    sess.run(None, feed)
+                    times[i].append((time.perf_counter() - t0) / args.layers * 1e6)
+                del sess
+                gc.collect()
+        med = [statistics.median(t) for t in times]
+        print(f"| {n} x {k_in} | " + " | ".join(f"{t:.1f}" for t in med) + f" | {med[1] / med[2]:.2f} |", flush=True)
 
 
 def chain_model(nodes, inits, dim: int, extra_opsets=()):
@@ -133,7 +199,11 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rows", type=int, default=1, help="activation rows M (1: decode; more: prefill)")
+    ap.add_argument("--shapes", help="N x K list (e.g. 192x576,1536x576): time fans of these shapes instead")
+    ap.add_argument("--rounds", type=int, default=3, help="with --shapes: rounds over the sessions")
     args = ap.parse_args(argv)
+    if args.shapes:
+        return time_fans(args)
     rng = np.random.default_rng(0)
     rows = []
     for label, v, k, kr in (("v4-k256 (default)", 4, 256, 0), ("v4-k16-r16 (AVX2 vpshufb)", 4, 16, 16),

@@ -179,11 +179,13 @@ def add_parsers(sub) -> None:
                         "stores one int8 table that the head also reads (ONNX Runtime MatMulNBits; +0.4%% "
                         "perplexity on SmolLM2); otherwise the head must be another tensor (quantize --head, "
                         "or an untied model)")
-    x.add_argument("--ops", default="auto", choices=("auto", "fused", "gqa", "basic"),
+    x.add_argument("--ops", default="auto", choices=("auto", "fused", "ort", "basic"),
                    help="fused (float32 only): opset-23 RMSNormalization/RotaryEmbedding/Attention nodes, ~4x "
-                        "fewer nodes, faster in ONNX Runtime; gqa: fused with ONNX Runtime's GroupQueryAttention, "
-                        "whose KV cache ORT GenAI shares between past and present (batch rows padded on the right "
-                        "only; no sliding-window models); basic: opset-18 graph for TensorRT (build-engine takes "
+                        "fewer nodes, faster in ONNX Runtime; ort: fused with ONNX Runtime's contrib ops "
+                        "(GroupQueryAttention, whose KV cache ORT GenAI shares between past and present, and "
+                        "SkipSimplifiedLayerNormalization; batch rows padded on the right only, no sliding-window "
+                        "models, positions up to max_position_embeddings); basic: opset-18 graph for TensorRT "
+                        "(build-engine takes "
                         "only this); auto (default): fused for float32, basic for float16/bfloat16")
     x.add_argument("--logits", default="all", choices=("all", "last"),
                    help="all (default): logits at every position (perplexity, compare); last: the last "

@@ -93,10 +93,10 @@ def test_tensorrt_build_refuses_a_fused_export_and_names_the_fix(exported, expor
 def test_unknown_ops_value_is_refused_before_anything_is_written(exported, tmp_path):
     from vq2trt.export.onnx_export import export_onnx
 
-    with pytest.raises(ValueError, match="auto, basic, fused, gqa"):
+    with pytest.raises(ValueError, match="auto, basic, fused, ort"):
         export_onnx(exported[0], tmp_path / "x", ops="fast")
     assert not (tmp_path / "x").exists()
-    with pytest.raises(ValueError, match="basic, fused, gqa"):
+    with pytest.raises(ValueError, match="basic, fused, ort"):
         ExportDecoder(exported[0], ops="fast")
     with pytest.raises(ValueError, match="float32 only"):
         export_onnx(exported[0], tmp_path / "y", ops="fused", dtype="float16")

@@ -45,10 +45,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 # basic: opset-18 ops everywhere (TensorRT, any runtime); fused: opset-23 RMSNormalization,
-# RotaryEmbedding and Attention nodes (export/fused.py), ~4x fewer nodes for ONNX Runtime; gqa: the
-# fused graph with ONNX Runtime's GroupQueryAttention for Attention (export/gqa.py), whose KV cache
-# can be one buffer shared by past and present. PyTorch computes gqa exports as fused ones.
-OPS = ("basic", "fused", "gqa")
+# RotaryEmbedding and Attention nodes (export/fused.py), ~4x fewer nodes for ONNX Runtime; ort: the
+# fused graph with ONNX Runtime's contrib ops (export/ort_contrib.py: GroupQueryAttention, whose KV
+# cache can be one buffer shared by past and present, and SkipSimplifiedLayerNormalization).
+# PyTorch computes ort exports as fused ones.
+OPS = ("basic", "fused", "ort")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -119,6 +120,7 @@ class ExportDecoder(nn.Module):
             self.embed_tokens = _Lookup(inner.embed_tokens)
         self.lm_head = hf_model.lm_head
         self.num_layers = cfg.num_hidden_layers
+        self.max_positions = getattr(cfg, "max_position_embeddings", None)     # ort: rotary table length
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.windows = families.sliding_windows(cfg)

@@ -72,10 +72,10 @@ def genai_config(info: dict, hf_config, *, library: str | None) -> dict:
     if eos_list:
         model["eos_token_id"] = eos_list if len(eos_list) > 1 else eos_list[0]
     # greedy, as `vq2trt run` by default. past_present_share_buffer only with GroupQueryAttention
-    # (--ops gqa), which writes the new keys into the cache; the standard Attention returns
+    # (--ops ort), which writes the new keys into the cache; the standard Attention returns
     # present = concat(past, new) as a new tensor.
     search = {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "min_length": 0,
-              "max_length": context, "past_present_share_buffer": info.get("ops") == "gqa", "repetition_penalty": 1.0,
+              "max_length": context, "past_present_share_buffer": info.get("ops") == "ort", "repetition_penalty": 1.0,
               "temperature": 1.0, "top_k": 50, "top_p": 1.0, "early_stopping": True, "length_penalty": 1.0,
               "no_repeat_ngram_size": 0}
     return {"model": model, "search": search}

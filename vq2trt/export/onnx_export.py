@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vq2trt.export import fused, gqa, op, tied_int8
+from vq2trt.export import fused, op, ort_contrib, tied_int8
 from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
@@ -49,7 +49,7 @@ def _translation():
 
 
 def resolve_ops(ops: str, dtype: str | torch.dtype = "float32") -> str:
-    """"fused", "gqa" or "basic" for an ``ops`` choice (see export_onnx); a clear error for anything else."""
+    """"fused", "ort" or "basic" for an ``ops`` choice (see export_onnx); a clear error for anything else."""
     if ops == "auto":
         return "fused" if resolve_dtype(dtype) == torch.float32 else "basic"
     if ops not in OPS:
@@ -118,8 +118,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     ``embedding``: stored form of the embedding table (float32, float16, int8).
     ``ops``: "fused" (opset 23: one RMSNormalization / RotaryEmbedding / Attention node each, for
     ONNX Runtime), "basic" (opset 18, the portable graph TensorRT builds from) or "auto": fused
-    for float32, basic for float16/bfloat16 (the TensorRT dtypes); "gqa": fused with ONNX Runtime's
-    GroupQueryAttention (export/gqa.py: a KV cache shared by past and present in ORT GenAI).
+    for float32, basic for float16/bfloat16 (the TensorRT dtypes); "ort": fused with ONNX Runtime's
+    contrib ops (export/ort_contrib.py: GroupQueryAttention with a KV cache ORT GenAI shares between
+    past and present, SkipSimplifiedLayerNormalization).
     ``logits``: "all" positions (perplexity, comparisons) or the "last" only (generation; decoder.py)."""
     from vq2trt.export.graph import finalize, write_folder
 
@@ -129,8 +130,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     if embedding not in EMBEDDING_MODES:
         raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
     dec = prepare(model, accuracy_level, dtype, embedding, ops, logits)
-    if ops == "gqa":
-        gqa.check_model(dec)
+    if ops == "ort":
+        ort_contrib.check_model(dec)
     args = _sample_inputs(dec)
     table = _translation()
     table.update(tied_int8.translations())
@@ -144,8 +145,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
             output_names=dec.output_names(), dynamic_shapes=_dynamic_shapes(dec),
             custom_translation_table=table, optimize=True, verbose=False)
     proto = program.model_proto
-    if ops == "gqa":
-        proto = gqa.use_group_query_attention(proto)
+    if ops == "ort":
+        proto = ort_contrib.use_contrib_ops(proto, dec)
     proto = finalize(proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
                         accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))

@@ -15,8 +15,8 @@ bool dense4_requested() {
   return e && !std::strcmp(e, "1");
 }
 
-void make_dense4(Prepacked& p) {
-  const int64_t N = p.dims.N, col0 = std::min(kInt8HeadCols, p.dims.K), K = p.dims.K - col0;
+void make_dense4(Prepacked& p, int64_t exact_cols) {
+  const int64_t N = p.dims.N, col0 = std::clamp<int64_t>(exact_cols, 0, p.dims.K), K = p.dims.K - col0;
   const int64_t nb = ceil_div(K, kDense4Block), groups = ceil_div(N, int64_t(4));
   Dense4& w = p.dense4;
   w.col0 = col0;
@@ -37,9 +37,7 @@ void make_dense4(Prepacked& p) {
     h.ft4 = h.ftab4.empty() ? nullptr : h.ftab4.data();
   }
   w.blocks = nb;
-  w.q.assign(size_t(groups * nb * 4 * 16), 0);
-  w.d.assign(size_t(groups * nb * 4), 0);
-  w.m.assign(size_t(groups * 4 * nb), 0);
+  w.q.assign(size_t(groups * nb * kDense4Bytes), 0);
   // One vector row (v output rows) at a time: the parts' sums in permuted order, as x' is.
   std::vector<float> rows;
   std::vector<uint32_t> idx;
@@ -81,10 +79,10 @@ void make_dense4(Prepacked& p) {
           u[c] = uint8_t(std::clamp(std::nearbyint((blk[c] - lo_h) / step), 0.f, 15.f));
         // Byte i holds elements i (low nibble) and i + 16 (high): one shift and one mask give
         // the 32 in order (dense4_avx2.cpp).
-        uint8_t* q = w.q.data() + ((g * nb + b) * 4 + lane) * 16;
-        for (int64_t c = 0; c < 16; ++c) q[c] = uint8_t(u[c] | (u[c + 16] << 4));
-        w.d[size_t((g * nb + b) * 4 + lane)] = step16;
-        w.m[size_t((g * 4 + lane) * nb + b)] = lo16;
+        uint8_t* rec = w.q.data() + (g * nb + b) * kDense4Bytes;
+        for (int64_t c = 0; c < 16; ++c) rec[lane * 16 + c] = uint8_t(u[c] | (u[c + 16] << 4));
+        std::memcpy(rec + 64 + 2 * lane, &step16, 2);
+        std::memcpy(rec + 72 + 2 * lane, &lo16, 2);
       }
     }
   }

@@ -105,21 +105,21 @@ struct Segment {
 // second rounding of the weight (RESULTS.md has its KL against level 0). The file is unchanged.
 constexpr int64_t kDense4Block = 32;
 struct Dense4 {
-  // The first col0 permuted columns (kInt8HeadCols: the most salient, as on the int8 route) stay
-  // exact: `head` holds the parts cut to them, run by the float kernels. Rounded with the rest,
+  // The first col0 permuted columns (kInt8HeadCols, or VQ2TRT_INT8_HEAD: the most salient, as on
+  // the int8 route) stay exact: `head` holds the parts cut to them, run by the float kernels. Rounded with the rest,
   // they cost most of the accuracy (SmolLM2 decode KL against level 0: 0.93 nats/token).
   int64_t col0 = 0;
   std::vector<Part> head;
-  int64_t blocks = 0;        // ceil((K - col0) / kDense4Block); empty vectors: off
-  // Groups of 4 output rows: [groups][blocks][4 rows][16 bytes], byte i = u[i] | u[i + 16] << 4.
-  std::vector<uint8_t> q;
-  // fp16 step and minimum (5 bits a weight in all, as MatMulNBits' 4-bit with block 32: at decode
-  // this kernel streams its weight from memory at about the same rate, so bytes are its speed).
-  std::vector<uint16_t> d;   // step, [groups][blocks][4 rows]
-  std::vector<uint16_t> m;   // minimum, [groups][4 rows][blocks] (a row's run is one dot product)
+  int64_t blocks = 0;        // ceil((K - col0) / kDense4Block); empty q: off
+  // Groups of 4 output rows, one kDense4Bytes record per group and block, in one stream: the 4
+  // rows' nibbles (16 bytes each, byte i = u[i] | u[i + 16] << 4), then their fp16 steps, then
+  // their fp16 minima (5 bits a weight in all, as MatMulNBits 4-bit with block 32: at decode the
+  // kernel streams its weight from memory, so bytes are its speed).
+  std::vector<uint8_t> q;    // [groups][blocks][kDense4Bytes]
 };
+constexpr int64_t kDense4Bytes = 4 * 16 + 8 + 8;
 bool dense4_requested();     // VQ2TRT_DENSE4=1
-void make_dense4(Prepacked& p);
+void make_dense4(Prepacked& p, int64_t exact_cols);  // the first exact_cols stay exact (Dense4::col0)
 
 struct Prepacked {
   VQGemmDims dims;
@@ -237,12 +237,12 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
 // even), for activation rows [m0, m1).
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16);
 // Decode with the Dense4 form (dense4_avx2.cpp): y[m * N + n] += row n's dot with activation row m
-// for n in [n0, n1) (n0 a multiple of 4). xq [M, blocks · 32]: x' rounded to int8 per block, sx
-// [M, blocks] its scales, xsum [M, blocks] Σ x' per block (float32).
-void dense4_gemv(const uint8_t* q, const uint16_t* d, const uint16_t* mins, int64_t blocks, const int8_t* xq,
-                 const float* sx, const float* xsum, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
-// x[0, count) -> int8 per block of 32 (zero padded to blocks · 32) with its scale and Σ x.
-void dense4_quantize(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sx, float* xsum);
+// for n in [n0, n1) (n0 a multiple of 4). xq [M, blocks · 32]: x' rounded to int8 per block; sv
+// [M, blocks, 8]: its scale 4 times, then Σ x' over the block (float32) 4 times.
+void dense4_gemv(const uint8_t* q, int64_t blocks, const int8_t* xq, const float* sv, int64_t M, float* y,
+                 int64_t N, int64_t n0, int64_t n1);
+// x[0, count) -> int8 per block of 32 (zero padded to blocks · 32) and sv (dense4_gemv's).
+void dense4_quantize(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sv);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                         bool split, uint8_t* out);

@@ -383,7 +383,8 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
   const int64_t vo = d.n_out ? d.v_o : 1, l = std::lcm(d.v, vo);
   p.row_unit = l <= 256 ? l : d.v;
   // Dense4's kernel is AVX2 code (AVX-512 CPUs run it too); elsewhere the request is ignored.
-  if (accuracy_level >= 4 && (p.isa == Isa::kAvx2 || p.isa == Isa::kAvx512) && dense4_requested()) make_dense4(p);
+  if (accuracy_level >= 4 && (p.isa == Isa::kAvx2 || p.isa == Isa::kAvx512) && dense4_requested())
+    make_dense4(p, int8_head_cols());
   return pp;
 }
 

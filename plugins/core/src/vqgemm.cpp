@@ -45,8 +45,7 @@ struct Call {
   const float* sxh;           // [M, wide]: its scale per row and head range
   const float* xsumh;         // [M, wide]: Σ x' over the head range
   const int8_t* xq4;          // Dense4 decode: x' at int8 per block [M, blocks · 32], or null
-  const float* sx4;           // [M, blocks]
-  const float* xsum4;         // [M, blocks]
+  const float* sv4;           // [M, blocks, 8]: dense4_gemv's sv
   float* y;                   // [M, N]
 };
 
@@ -118,8 +117,7 @@ void run_rows(void* arg, size_t task) {
   if (c.xq4) {
     const Dense4& w = p.dense4;
     for (const Part& h : w.head) float_part(h, true);
-    return avx2::dense4_gemv(w.q.data(), w.d.data(), w.m.data(), w.blocks, c.xq4, c.sx4, c.xsum4, c.M, c.y, N, n0,
-                             n1);
+    return avx2::dense4_gemv(w.q.data(), w.blocks, c.xq4, c.sv4, c.M, c.y, N, n0, n1);
   }
 #endif
   for (size_t i = 0; i < p.parts.size(); ++i) {
@@ -231,8 +229,7 @@ struct Prep {
   float* sxh;
   float* xsumh;
   int8_t* xq4;      // Dense4 decode (Call::xq4), or null
-  float* sx4;
-  float* xsum4;
+  float* sv4;
 };
 
 // x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
@@ -269,7 +266,7 @@ void prep_rows(void* arg, size_t task) {
     if (c.xq4) {
       const int64_t nb = p.dense4.blocks;
       const int64_t c0 = p.dense4.col0;
-      avx2::dense4_quantize(xo + c0, K - c0, nb, c.xq4 + m * nb * kDense4Block, c.sx4 + m * nb, c.xsum4 + m * nb);
+      avx2::dense4_quantize(xo + c0, K - c0, nb, c.xq4 + m * nb * kDense4Block, c.sv4 + m * nb * 8);
     }
 #endif
     if (!c.xq) continue;
@@ -309,7 +306,7 @@ struct CallBuffers {
   std::vector<float> xp, rowconst, sx, corr, xsum, ybuf;
   std::vector<int8_t> xq;
   std::vector<int16_t> x16, x16h;
-  std::vector<float> sxh, xsumh, sx4, xsum4;
+  std::vector<float> sxh, xsumh, sv4;
   std::vector<int8_t> xq4;
 };
 
@@ -322,7 +319,7 @@ struct BufferTrim {
       if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
     };
     trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
-    trim(b.sxh), trim(b.xsumh), trim(b.sx4), trim(b.xsum4), trim(b.xq4);
+    trim(b.sxh), trim(b.xsumh), trim(b.sv4), trim(b.xq4);
     trim(b.rowconst);
   }
 };
@@ -353,15 +350,13 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
     buf.xsum.assign(size_t(M * nseg), 0.f);
   }
   Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr,
-            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+            nullptr, nullptr, nullptr, nullptr, nullptr};
   if (dense4) {
     const int64_t nb = p.dense4.blocks;
     buf.xq4.resize(size_t(M * nb * kDense4Block));
-    buf.sx4.resize(size_t(M * nb));
-    buf.xsum4.resize(size_t(M * nb));
+    buf.sv4.resize(size_t(M * nb * 8));
     prep.xq4 = buf.xq4.data();
-    prep.sx4 = buf.sx4.data();
-    prep.xsum4 = buf.xsum4.data();
+    prep.sv4 = buf.sv4.data();
   }
   if (any_int8) {
     prep.xq = buf.xq.data();
@@ -389,7 +384,7 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
   Call call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-            buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sx4, prep.xsum4, nullptr};
+            buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, nullptr};
   std::vector<float>& ybuf = buf.ybuf;
   float* y32 = static_cast<float*>(y);
   if (x_type != DType::kFloat32) {
