@@ -106,3 +106,36 @@ def test_sliding_window_model_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "m").exists()
     export_onnx(make_tiny_llama(), tmp_path / "llama", ops="ort")          # a model without windows exports
     assert (tmp_path / "llama" / "model.onnx").is_file()
+
+
+def test_shared_cache_steps_equal_the_copying_steps_and_generate_uses_it(exported_ort, exported, monkeypatch):
+    """`vq2trt run`'s loop on an ort export binds one KV buffer as past and present (SharedCache):
+    the same logits as the step API, which copies the cache; a full cache and a fused export are
+    refused with the reason."""
+    from vq2trt.runtime.session import OnnxDecoder, RunError, SharedCache
+
+    dec = OnnxDecoder(exported_ort[1])
+    ids = sample_batch(seed=4, batch=1, seq=8)[0].numpy()
+    cache = SharedCache(dec, 8)
+    got = [cache.step(ids[:5])[0, -1]] + [cache.step(ids[t:t + 1])[0, -1] for t in range(5, 8)]
+    logits, past = dec.step(ids[None, :5], np.ones((1, 5)), np.arange(5)[None], dec.empty_past(1))
+    want = [logits[0, -1]]
+    for t in range(5, 8):
+        logits, past = dec.step(ids[None, t:t + 1], np.ones((1, t + 1)), np.array([[t]]), past)
+        want.append(logits[0, -1])
+    np.testing.assert_allclose(np.stack(got), np.stack(want), atol=ATOL)
+    with pytest.raises(RunError, match="full"):
+        cache.step(ids[:1])
+    with pytest.raises(RunError, match="--ops ort"):
+        SharedCache(OnnxDecoder(exported[1]), 8)
+    # generate() takes it: the same tokens as a loop over step()
+    made, init = [], SharedCache.__init__
+    monkeypatch.setattr(SharedCache, "__init__", lambda self, *a: (made.append(1), init(self, *a))[1])
+    tokens = dec.generate(list(ids[:4]), 5).tokens
+    assert made == [1]
+    seq, past, ref = ids[None, :4], dec.empty_past(1), []
+    logits, past = dec.step(seq, np.ones((1, 4)), np.arange(4)[None], past)
+    for n in range(5):
+        ref.append(int(np.argmax(logits[0, -1])))
+        logits, past = dec.step(np.array([[ref[-1]]]), np.ones((1, 5 + n)), np.array([[4 + n]]), past)
+    assert tokens == ref[:len(tokens)] and len(tokens) >= 1

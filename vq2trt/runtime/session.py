@@ -108,6 +108,44 @@ class Generation:
         return (n - 1) / self.decode_s if n > 1 and self.decode_s > 0 else float("nan")
 
 
+class SharedCache:
+    """Batch-1 steps of an `--ops ort` export with one KV buffer per layer and tensor, bound as both
+    past and present (GroupQueryAttention writes each step's keys in place, as in ORT GenAI with
+    past_present_share_buffer): no cache is copied per token, where `OnnxDecoder.step` hands the
+    whole cache in and gets a longer copy back."""
+
+    def __init__(self, dec: OnnxDecoder, max_length: int):
+        ort = _ort()
+        if dec.info.get("ops") != "ort":
+            raise RunError(f"{dec.dir}: a shared KV cache needs an `--ops ort` export (GroupQueryAttention), "
+                           f"this one has ops {dec.info.get('ops', 'basic')!r}")
+        self.dec, self.max_length, self.length = dec, int(max_length), 0
+        shape = (1, dec.kv_heads, self.max_length, dec.head_dim)
+        self._buffers = [np.zeros(shape, dec.kv_dtype) for _ in range(2 * dec.num_layers)]   # kept alive here
+        self._io = dec.session.io_binding()
+        self._io.bind_output("logits")          # first: get_outputs()[0]
+        for i in range(dec.num_layers):
+            for j, t in enumerate(("key", "value")):
+                v = ort.OrtValue.ortvalue_from_numpy(self._buffers[2 * i + j])
+                self._io.bind_ortvalue_input(f"past_key_values.{i}.{t}", v)
+                self._io.bind_ortvalue_output(f"present.{i}.{t}", v)
+
+    def step(self, tokens) -> np.ndarray:
+        """Logits [1, S or 1, V] of the next S tokens (ids), appended after those already seen."""
+        tokens = np.asarray(tokens, np.int64).reshape(1, -1)
+        end = self.length + tokens.shape[1]
+        if end > self.max_length:
+            raise RunError(f"shared KV cache of {self.max_length} positions is full ({self.length} used, "
+                           f"{tokens.shape[1]} more asked)")
+        self._io.bind_cpu_input("input_ids", tokens)
+        self._io.bind_cpu_input("attention_mask", np.ones((1, end), np.int64))
+        self._io.bind_cpu_input("position_ids", np.arange(self.length, end, dtype=np.int64)[None])
+        self._io.bind_output("logits")          # afresh: after a run the binding holds the last run's shape
+        self.dec.session.run_with_iobinding(self._io)
+        self.length = end
+        return self._io.get_outputs()[0].numpy()
+
+
 class OnnxDecoder:
     """Prefill / decode steps over an exported decoder (inputs and outputs as graph.py names them)."""
 
@@ -153,8 +191,13 @@ class OnnxDecoder:
         eos = set(np.atleast_1d(eos_token_id).tolist()) if eos_token_id is not None else set()
         ids = np.array([prompt_ids], np.int64)
         P = ids.shape[1]
+        # `--ops ort` exports keep one cache (SharedCache); others get past + new back every step.
+        cache = SharedCache(self, P + max_new_tokens) if self.info.get("ops") == "ort" else None
         t0 = time.perf_counter()
-        logits, past = self.step(ids, np.ones((1, P), np.int64), np.arange(P)[None], self.empty_past(1))
+        if cache:
+            logits = cache.step(ids)
+        else:
+            logits, past = self.step(ids, np.ones((1, P), np.int64), np.arange(P)[None], self.empty_past(1))
         prefill = time.perf_counter() - t0
         out, steps = [], []
         nxt = _pick(logits[0, -1], temperature, top_k, top_p, rng)
@@ -164,7 +207,10 @@ class OnnxDecoder:
                 break
             t = time.perf_counter()
             L = P + len(out)
-            logits, past = self.step(np.array([[nxt]]), np.ones((1, L), np.int64), np.array([[L - 1]]), past)
+            if cache:
+                logits = cache.step([nxt])
+            else:
+                logits, past = self.step(np.array([[nxt]]), np.ones((1, L), np.int64), np.array([[L - 1]]), past)
             steps.append(time.perf_counter() - t)
             nxt = _pick(logits[0, -1], temperature, top_k, top_p, rng)
         return Generation(tokens=out, prompt_tokens=P, prefill_s=prefill, decode_s=float(sum(steps)), steps=steps)
