@@ -7,6 +7,8 @@ the kernels' instruction set (the ISA column says which ran). With --llama-bench
 --gguf FILES, llama.cpp runs the same pp/tg in the same run.
 
     .venv/bin/python benchmarks/cpu_model.py out/float-onnx out/v4-onnx [--threads 2] [--reps 3]
+        [--rounds N]      # all rows N times in turn, medians (a machine whose speed drifts)
+        [--dense4]        # also each quantized folder with VQ2TRT_DENSE4=1
         [--profile DIR]   # also ORT profiles of a prefill and a decode step per folder: ms per op type
         [--genai DIRS]    # also through onnxruntime_genai's generator, e.g. the int4 model of
                           # python -m onnxruntime_genai.models.builder -i HF_DIR -o DIR -p int4 -e cpu
@@ -164,6 +166,8 @@ def main(argv=None) -> int:
                    help="folders to time through onnxruntime_genai's generator: its own int4 models "
                         "(models.builder -p int4) or vq2trt exports (libvq2trt_ort.so copied in)")
     p.add_argument("--profile", type=Path, help="write ORT profiles here and print ms per op type of a decode step")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time all rows this many times in turn and report each row's median (drifting machines)")
     p.add_argument("--dense4", action="store_true",
                    help="also time each quantized folder with VQ2TRT_DENSE4=1 (the opt-in 4-bit decode form)")
     a = p.parse_args(argv)
@@ -175,27 +179,34 @@ def main(argv=None) -> int:
         if a.dense4 and info.is_file() and json.loads(info.read_text()).get("quantized"):
             yield ", VQ2TRT_DENSE4=1", {"VQ2TRT_DENSE4": "1"}
 
-    rows = []
+    jobs = []                                                 # (row name, MiB, () -> (pp, tg))
     for f in a.folders:
         info = json.loads((f / "vq2trt_onnx.json").read_text())
         kind = f"accuracy_level {info.get('accuracy_level', 0)}" if info.get("quantized") else "float"
         forms = f"embedding {info.get('embedding', 'float32')}, lm_head {info.get('lm_head', '?')}"
         for label, values in variants(f):
-            with environment(values):
-                pre, dec = time_onnx(f, a.prompt, a.gen, a.reps, a.threads)
-            rows.append((f"vq2trt {f.name} ({kind}, {forms}{label})", folder_mib(f), pre, dec))
-            print(rows[-1], flush=True)
+            jobs.append((f"vq2trt {f.name} ({kind}, {forms}{label})", folder_mib(f), values,
+                         lambda f=f: time_onnx(f, a.prompt, a.gen, a.reps, a.threads)))
     for f in a.genai:
         for label, values in variants(f):
-            with environment(values):
-                pre, dec = time_genai(f, a.prompt, a.gen, a.reps, a.threads)
-            rows.append((f"ORT GenAI {f.name}{label}", folder_mib(f), pre, dec))
-            print(rows[-1], flush=True)
+            jobs.append((f"ORT GenAI {f.name}{label}", folder_mib(f), values,
+                         lambda f=f: time_genai(f, a.prompt, a.gen, a.reps, a.threads)))
     for g in a.gguf:
-        pre, dec = time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads)
-        rows.append((f"llama.cpp {g.name}", g.stat().st_size / 2**20, pre, dec))
+        jobs.append((f"llama.cpp {g.name}", g.stat().st_size / 2**20, {},
+                     lambda g=g: time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads)))
+    # Rounds take every row in turn, so that a machine whose speed drifts (a shared VM) slows all
+    # rows alike; each row reports its median over the rounds.
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _, _ in jobs}
+    for r in range(a.rounds):
+        for name, _, values, run in jobs:
+            with environment(values):
+                results[name].append(run())
+            print(f"round {r + 1}: {name}: {results[name][-1]}", flush=True)
+    rows = [(name, mib, statistics.median(p for p, _ in results[name]), statistics.median(t for _, t in results[name]))
+            for name, mib, _, _ in jobs]
     print(f"\n{platform.processor() or platform.machine()}, ISA {cpu_isa()}, {a.threads} threads, "
-          f"pp{a.prompt} / tg{a.gen}, median of {a.reps}\n")
+          f"pp{a.prompt} / tg{a.gen}, median of {a.reps}" + (f", then of {a.rounds} rounds" if a.rounds > 1 else "")
+          + "\n")
     print(f"| runtime, model | MiB | prefill tokens/s (pp{a.prompt}) | decode tokens/s (tg{a.gen}) |")
     print("|---|---|---|---|")
     for name, mib, pre, dec in rows:
