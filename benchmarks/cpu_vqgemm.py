@@ -160,22 +160,13 @@ def float_chain(rng, layers, dim):
 
 def make_session(model, threads: int, env: dict | None = None):
     """env: variables set while the session is created (the kernels read VQ2TRT_* at prepack)."""
-    import os
-
     import onnxruntime as ort
+    from machine import environment
 
     from vq2trt.runtime.library import session_options
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
+    with environment(env or {}):
         return ort.InferenceSession(model.SerializeToString(), session_options(intra_op_threads=threads),
                                     providers=["CPUExecutionProvider"])
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def time_session(sess, dim: int, rows: int, runs: int, warmup: int = 5) -> float:
