@@ -404,7 +404,10 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
   if (!p.segments.empty() && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
-  if (dense4) call.row_block = ceil_div(call.row_block, int64_t(4)) * 4;  // Dense4's row groups
+  if (dense4) {  // Dense4's groups of 4 rows, and still whole vector rows for the exact head parts
+    const int64_t u4 = std::lcm(unit, int64_t(4));
+    call.row_block = ceil_div(call.row_block, u4) * u4;
+  }
   parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
   if (x_type == DType::kFloat16)
     for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
