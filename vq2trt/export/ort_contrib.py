@@ -150,6 +150,7 @@ def use_contrib_ops(proto, decoder):
     register_schemas()
     g = proto.graph
     producer = {o: n for n in g.node for o in n.output}
+    graph_inputs = {x.name for x in g.input}
     consumers: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
@@ -181,7 +182,7 @@ def use_contrib_ops(proto, decoder):
         add = producer.get(n.input[0])
         if add is None or add.op_type != "Add" or len(n.input) < 2 or id(add) in skip:
             continue
-        if any(producer.get(i) is None and i not in {x.name for x in g.input} for i in add.input):
+        if any(producer.get(i) is None and i not in graph_inputs for i in add.input):
             continue                                              # an initializer operand: not a residual
         skip.add(id(add))
         fused_add[n.output[0]] = add

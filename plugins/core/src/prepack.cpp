@@ -72,6 +72,19 @@ void component_range(const Part& q, int64_t j, float& c, float& half) {
   half = std::max(hi - c, c - lo);
 }
 
+// Component j of a part on `levels` integer steps each side of its midrange: the centre and scale
+// go to qcenter / qscale, and store(i, q) gets entry i's level q in [-levels, levels].
+template <typename Store>
+void round_component(Part& p, int64_t j, float levels, Store store) {
+  float c, half;
+  component_range(p, j, c, half);
+  const float s = half > 0.f ? half / levels : 1.f;
+  p.qcenter[size_t(j)] = c;
+  p.qscale[size_t(j)] = s;
+  for (int64_t i = 0; i < p.entries; ++i)
+    store(i, std::clamp(std::nearbyint((p.ftab[size_t(i * p.v + j)] - c) / s), -levels, levels));
+}
+
 // Part::ptab for a main part and its residual (both k <= 16, same columns and v).
 void make_pair_tables(Part& m, const Part& r) {
   const int64_t v = m.v;
@@ -191,17 +204,8 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
     p.qcenter.assign(size_t(v), 0.f);
     // One centre and scale per component j: components of a VQ codebook often differ in range,
     // and a normalised weight's codebook holds q in [0, 1] (see Part::qcenter).
-    for (int64_t j = 0; j < v; ++j) {
-      float c, half;
-      component_range(p, j, c, half);
-      const float s = half > 0.f ? half / 127.f : 1.f;
-      p.qcenter[size_t(j)] = c;
-      p.qscale[size_t(j)] = s;
-      for (int64_t i = 0; i < k; ++i) {
-        const float q = std::nearbyint((p.ftab[size_t(i * v + j)] - c) / s);
-        p.qtab[size_t(j * p.qentries + i)] = uint8_t(int(std::clamp(q, -127.f, 127.f)) + 128);
-      }
-    }
+    for (int64_t j = 0; j < v; ++j)
+      round_component(p, j, 127.f, [&](int64_t i, float q) { p.qtab[size_t(j * p.qentries + i)] = uint8_t(int(q) + 128); });
     if (int8 == Isa::kAvx2 && (v == 3 || v == 4)) {
       p.wtab16.assign(size_t(4 * p.qentries), 0);
       for (int64_t i = 0; i < p.qentries; ++i)
@@ -221,21 +225,12 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
 // centre as the int8 route's, a scale 32x finer. Entries >= k are the centre (weight 0 after
 // the centring, as the byte tables' unused entries).
 void make_wide_tables(Part& p) {
-  const int64_t v = p.v, k = p.entries, n = int64_t(1) << p.bits;
+  const int64_t v = p.v, n = int64_t(1) << p.bits;
   p.qscale.assign(size_t(v), 1.f);
   p.qcenter.assign(size_t(v), 0.f);
   p.wtab16.assign(size_t(4 * n), 0);
-  for (int64_t j = 0; j < v; ++j) {
-    float c, half;
-    component_range(p, j, c, half);
-    const float s = half > 0.f ? half / 4095.f : 1.f;
-    p.qcenter[size_t(j)] = c;
-    p.qscale[size_t(j)] = s;
-    for (int64_t i = 0; i < k; ++i) {
-      const float q = std::nearbyint((p.ftab[size_t(i * v + j)] - c) / s);
-      p.wtab16[size_t(4 * i + j)] = int16_t(std::clamp(q, -4095.f, 4095.f));
-    }
-  }
+  for (int64_t j = 0; j < v; ++j)
+    round_component(p, j, 4095.f, [&](int64_t i, float q) { p.wtab16[size_t(4 * i + j)] = int16_t(q); });
 }
 
 }  // namespace
