@@ -12,12 +12,17 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     model, tok, quantized = _load_any(a.checkpoint, "cpu")
     out = export_onnx(model, a.out, accuracy_level=a.accuracy_level, overwrite=a.overwrite, tokenizer=tok,
-                      source=a.checkpoint, dtype=a.dtype, embedding=a.embedding, ops=a.ops, logits=a.logits)
+                      source=a.checkpoint, dtype=a.dtype, embedding=a.embedding, ops=a.ops, logits=a.logits,
+                      fuse_projections=a.fuse_projections)
     import onnx
 
     proto = onnx.load(str(Path(out) / "model.onnx"), load_external_data=False)
     n_vq = sum(n.op_type == "VQGemm" for n in proto.graph.node)
+    multi = [n for n in proto.graph.node if n.op_type == "VQGemmMulti"]
     kind = f"{n_vq} VQGemm nodes (accuracy_level {a.accuracy_level})" if quantized else "float model"
+    n_multi = sum(len(a.ints) for n in multi for a in n.attribute if a.name == "out_features")
+    if multi:
+        kind += f" and {len(multi)} VQGemmMulti nodes ({n_multi} weights)"
     size = sum(f.stat().st_size for f in Path(out).iterdir()) / 2**20
     print(f"wrote {out}: ONNX opset {proto.opset_import[0].version}, {len(proto.graph.node)} nodes, {kind}, {a.dtype}, "
           f"{size:.1f} MiB")
@@ -190,6 +195,10 @@ def add_parsers(sub) -> None:
     x.add_argument("--logits", default="all", choices=("all", "last"),
                    help="all (default): logits at every position (perplexity, compare); last: the last "
                         "position only, what generation reads (a 128-token prefill skips 127 lm_head rows)")
+    x.add_argument("--fuse-projections", action="store_true",
+                   help="one VQGemmMulti node for the quantized Linears that read the same input (q/k/v, "
+                        "gate/up): fewer nodes and thread-pool hand-offs, same outputs; ONNX Runtime's CPU EP "
+                        "only (needs --ops fused or ort)")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 

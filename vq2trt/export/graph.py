@@ -25,35 +25,51 @@ class ExportError(RuntimeError):
 
 
 def check_vqgemm_nodes(graph) -> int:
-    """Validate every VQGemm node of an onnx-graphsurgeon graph; returns how many there are."""
+    """Validate every VQGemm node (and each weight of a VQGemmMulti node) of an onnx-graphsurgeon
+    graph; returns how many weights there are."""
     import onnx_graphsurgeon as gs
+
+    from vq2trt.export import multi_weight
 
     schema = op.schema()
     attr_names = [a["name"] for a in schema["attributes"]]
     spec = {i["name"]: i for i in schema["inputs"]}
+
+    def check_weight(where, attrs, inputs):
+        names = op.input_names(attrs)
+        if len(inputs) != len(names):
+            raise ExportError(f"{where}: {len(inputs)} weight inputs {[t.name for t in inputs]}, "
+                              f"its attributes call for {len(names)}")
+        for name, t in zip(names, inputs):
+            if not isinstance(t, gs.Constant):
+                raise ExportError(f"{where}: weight input '{name}' is not an initializer ({t.name})")
+            want = [_DTYPES[d] for d in spec[name]["dtypes"]]
+            if t.values.dtype not in want:
+                raise ExportError(f"{where}: input '{name}' is {t.values.dtype}, the schema wants {want}")
+        op.weight_from_node_inputs(attrs, [t.values for t in inputs])
+
     count = 0
     for node in graph.nodes:
-        if node.op != op.OP_TYPE:
+        if node.op not in (op.OP_TYPE, multi_weight.OP_TYPE):
             continue
-        count += 1
-        where = f"VQGemm node '{node.name}'"
+        where = f"{node.op} node '{node.name}'"
         if node.domain != op.DOMAIN:
             raise ExportError(f"{where}: domain '{node.domain}', expected '{op.DOMAIN}'")
         if sorted(node.attrs) != sorted(attr_names):
             raise ExportError(f"{where}: attributes {sorted(node.attrs)}, the schema has {sorted(attr_names)}")
         if node.attrs["plugin_version"] != op.PLUGIN_VERSION:
             raise ExportError(f"{where}: plugin_version {node.attrs['plugin_version']!r}, expected '1'")
-        names = op.input_names(node.attrs)
-        if len(node.inputs) != 1 + len(names):
-            raise ExportError(f"{where}: {len(node.inputs)} inputs {[t.name for t in node.inputs]}, "
-                              f"its attributes call for {1 + len(names)}")
-        for name, t in zip(names, node.inputs[1:]):
-            if not isinstance(t, gs.Constant):
-                raise ExportError(f"{where}: weight input '{name}' is not an initializer ({t.name})")
-            want = [_DTYPES[d] for d in spec[name]["dtypes"]]
-            if t.values.dtype not in want:
-                raise ExportError(f"{where}: input '{name}' is {t.values.dtype}, the schema wants {want}")
-        op.weight_from_node_inputs(node.attrs, [t.values for t in node.inputs[1:]])
+        if node.op == op.OP_TYPE:
+            check_weight(where, node.attrs, node.inputs[1:])
+            count += 1
+            continue
+        try:
+            members = multi_weight.split_inputs(node.attrs, node.inputs[1:])
+        except multi_weight.MultiWeightError as e:
+            raise ExportError(f"{where}: {e}") from e
+        for w, (attrs, inputs) in enumerate(members):
+            check_weight(f"{where}, weight {w}", attrs, inputs)
+        count += len(members)
     return count
 
 

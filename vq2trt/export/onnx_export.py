@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vq2trt.export import fused, op, ort_contrib, tied_int8
+from vq2trt.export import fused, multi_weight, op, ort_contrib, tied_int8
 from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
@@ -110,7 +110,8 @@ def _without_torchvision_notice():
 
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
                 overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
-                dtype: str = "float32", embedding: str = "float32", ops: str = "auto", logits: str = "all") -> Path:
+                dtype: str = "float32", embedding: str = "float32", ops: str = "auto", logits: str = "all",
+                fuse_projections: bool = False) -> Path:
     """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
 
     ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`.
@@ -121,7 +122,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     for float32, basic for float16/bfloat16 (the TensorRT dtypes); "ort": fused with ONNX Runtime's
     contrib ops (export/ort_contrib.py: GroupQueryAttention with a KV cache ORT GenAI shares between
     past and present, SkipSimplifiedLayerNormalization).
-    ``logits``: "all" positions (perplexity, comparisons) or the "last" only (generation; decoder.py)."""
+    ``logits``: "all" positions (perplexity, comparisons) or the "last" only (generation; decoder.py).
+    ``fuse_projections``: the VQGemm weights that read one X (q/k/v, gate/up) as one VQGemmMulti node
+    each (export/multi_weight.py; ONNX Runtime's CPU EP only, so fused or ort ops only)."""
     from vq2trt.export.graph import finalize, write_folder
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
@@ -129,6 +132,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     check_logits(logits)
     if embedding not in EMBEDDING_MODES:
         raise EmbeddingError(f"embedding mode {embedding!r}: expected one of {', '.join(EMBEDDING_MODES)}")
+    if fuse_projections and ops == "basic":
+        raise multi_weight.MultiWeightError("fuse_projections makes VQGemmMulti nodes, which only ONNX Runtime's CPU "
+                                            "EP runs; it needs ops 'fused' or 'ort', not the basic (TensorRT) graph")
     dec = prepare(model, accuracy_level, dtype, embedding, ops, logits)
     if ops == "ort":
         ort_contrib.check_model(dec)
@@ -147,6 +153,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     proto = program.model_proto
     if ops == "ort":
         proto = ort_contrib.use_contrib_ops(proto, dec)
+    if fuse_projections:
+        proto = multi_weight.fuse_projections(proto)
     proto = finalize(proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
                         accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))

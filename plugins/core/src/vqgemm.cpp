@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <numeric>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -324,16 +325,13 @@ struct BufferTrim {
   }
 };
 
-}  // namespace
-
-void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y, const ParallelFor& parallel) {
+// One weight's share of a call: its activation preparation (done by prepare_call) and the Call
+// its row tasks read. The buffers are the caller's, so that the weights of one multi-weight call
+// each keep their own.
+int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M, float* y32, CallBuffers& buf,
+                     const ParallelFor& parallel, Call* out) {
   const VQGemmDims& d = p.dims;
   const int64_t K = d.K, N = d.N;
-  if (M <= 0) return;
-  // Per-thread buffers kept between calls: a decode step makes ~200 calls, and their fresh
-  // vectors showed up as malloc/free in decode profiles. Large ones (prefill) are freed after.
-  thread_local CallBuffers buf;
-  const BufferTrim trim{buf};
   // x' and its int8 forms are only made for the parts that read them: on AVX2 without fast
   // gathers decode takes no int8 route, and quantizing x there was work for nothing.
   // Dense4 (opt-in) takes the whole decode: no part reads x' at int8 then.
@@ -383,15 +381,8 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   // share of a 2-thread prefill; decode's one row is not worth a dispatch.
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
-  Call call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-            buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, nullptr};
-  std::vector<float>& ybuf = buf.ybuf;
-  float* y32 = static_cast<float*>(y);
-  if (x_type != DType::kFloat32) {
-    ybuf.resize(size_t(M * N));
-    y32 = ybuf.data();
-  }
-  call.y = y32;
+  *out = Call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
+              buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, y32};
   // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector
   // length and, in decode, of at least ~64K weights: SmolLM2's k/v projections (192 x 576) came
   // in 16 tasks of 12 rows, and at 30 us a call for 110K weights ran at a quarter of the speed
@@ -399,20 +390,109 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   const int64_t unit = p.row_unit, units = ceil_div(N, unit);
   const int64_t min_units = M <= kMaxInt8Rows ? ceil_div(ceil_div(int64_t(1) << 16, std::max<int64_t>(K, 1)), unit) : 1;
   const int64_t per_task = std::max<int64_t>(min_units, ceil_div(units, 16));
-  call.row_block = per_task * unit;
+  out->row_block = per_task * unit;
   // The int8 kernels compute 16 or 32 output rows a pass: tasks of 36 rows (N = 576) would pay a
   // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
-  if (!p.segments.empty() && u16 <= 64) call.row_block = ceil_div(call.row_block, u16) * u16;
+  if (!p.segments.empty() && u16 <= 64) out->row_block = ceil_div(out->row_block, u16) * u16;
   if (dense4) {  // Dense4's groups of 4 rows, and still whole vector rows for the exact head parts
     const int64_t u4 = std::lcm(unit, int64_t(4));
-    call.row_block = ceil_div(call.row_block, u4) * u4;
+    out->row_block = ceil_div(out->row_block, u4) * u4;
   }
-  parallel(run_rows, size_t(ceil_div(N, call.row_block)), &call);
+  return ceil_div(N, out->row_block);
+}
+
+void store_output(DType x_type, const float* y32, int64_t count, void* y) {
   if (x_type == DType::kFloat16)
-    for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
+    for (int64_t i = 0; i < count; ++i) static_cast<uint16_t*>(y)[i] = float_to_half(y32[i]);
   else if (x_type == DType::kBFloat16)
-    for (int64_t i = 0; i < M * N; ++i) static_cast<uint16_t*>(y)[i] = float_to_bf16(y32[i]);
+    for (int64_t i = 0; i < count; ++i) static_cast<uint16_t*>(y)[i] = float_to_bf16(y32[i]);
+}
+
+// The row tasks of several weights as one task list: task t of the dispatch is task
+// t - first[w] of weight w.
+struct MultiCall {
+  const Call* calls;
+  const int64_t* first;  // [weights + 1]
+  size_t weights;
+};
+
+void run_multi(void* arg, size_t task) {
+  const MultiCall& c = *static_cast<const MultiCall*>(arg);
+  size_t w = 0;
+  while (w + 1 < c.weights && int64_t(task) >= c.first[w + 1]) ++w;
+  run_rows(const_cast<Call*>(&c.calls[w]), size_t(int64_t(task) - c.first[w]));
+}
+
+}  // namespace
+
+void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y, const ParallelFor& parallel) {
+  if (M <= 0) return;
+  // Per-thread buffers kept between calls: a decode step makes ~200 calls, and their fresh
+  // vectors showed up as malloc/free in decode profiles. Large ones (prefill) are freed after.
+  thread_local CallBuffers buf;
+  const BufferTrim trim{buf};
+  float* y32 = static_cast<float*>(y);
+  if (x_type != DType::kFloat32) {
+    buf.ybuf.resize(size_t(M * p.dims.N));
+    y32 = buf.ybuf.data();
+  }
+  Call call;
+  const int64_t tasks = prepare_call(p, x_type, x, M, y32, buf, parallel, &call);
+  parallel(run_rows, size_t(tasks), &call);
+  store_output(x_type, y32, M * p.dims.N, y);
+}
+
+void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* y,
+                   const ParallelFor& parallel) {
+  if (M <= 0 || count == 0) return;
+  int64_t total = 0;
+  for (size_t w = 0; w < count; ++w) {
+    if (ps[w]->dims.K != ps[0]->dims.K) throw std::invalid_argument("vq_gemm_multi: weights differ in K");
+    total += ps[w]->dims.N;
+  }
+  thread_local std::vector<CallBuffers> bufs;
+  thread_local std::vector<float> y_all;
+  if (bufs.size() < count) bufs.resize(count);
+  struct TrimAll {
+    std::vector<CallBuffers>& b;
+    size_t n;
+    ~TrimAll() {
+      for (size_t w = 0; w < n; ++w) BufferTrim{b[w]};
+    }
+  } const trim{bufs, count};
+  // One activation row: each weight's outputs are a contiguous slice of y's row, so they are
+  // written in place; more rows interleave, so each weight fills its own [M, N] first.
+  const bool direct = M == 1 && x_type == DType::kFloat32;
+  std::vector<Call> calls(count);
+  std::vector<int64_t> first(count + 1, 0);
+  int64_t offset = 0;
+  for (size_t w = 0; w < count; ++w) {
+    const int64_t N = ps[w]->dims.N;
+    float* y32 = static_cast<float*>(y) + offset;
+    if (!direct) {
+      bufs[w].ybuf.resize(size_t(M * N));
+      y32 = bufs[w].ybuf.data();
+    }
+    first[w + 1] = first[w] + prepare_call(*ps[w], x_type, x, M, y32, bufs[w], parallel, &calls[w]);
+    offset += N;
+  }
+  MultiCall mc{calls.data(), first.data(), count};
+  parallel(run_multi, size_t(first[count]), &mc);
+  if (direct) return;
+  y_all.resize(size_t(M * total));
+  offset = 0;
+  for (size_t w = 0; w < count; ++w) {
+    const int64_t N = ps[w]->dims.N;
+    for (int64_t m = 0; m < M; ++m)
+      std::copy_n(bufs[w].ybuf.data() + m * N, N, y_all.data() + m * total + offset);
+    offset += N;
+  }
+  if (x_type == DType::kFloat32)
+    std::copy_n(y_all.data(), M * total, static_cast<float*>(y));
+  else
+    store_output(x_type, y_all.data(), M * total, y);
+  if (y_all.capacity() > (size_t(1) << 18)) std::vector<float>().swap(y_all);
 }
 
 }  // namespace vq2trt

@@ -52,6 +52,14 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa = detect_i
 void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y,
              const ParallelFor& parallel = ParallelFor());
 
+// Several weights that read the same X (a layer's q, k and v, or gate and up) in one call:
+// Y [M, ΣN] holds each weight's outputs side by side, in order, each as vq_gemm computes them
+// (same bytes). Each weight's X preparation is its own (their permutations differ); what is
+// shared is the thread-pool dispatch: all weights' row tasks go out as one task list. The
+// weights must have the same K.
+void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* y,
+                   const ParallelFor& parallel = ParallelFor());
+
 // The scalar reference written from docs/format.md §5, accumulated in double; Y float32 [M, N].
 void vq_gemm_reference(const VQGemmDesc& w, const float* x, int64_t M, float* y);
 

@@ -1,0 +1,166 @@
+"""One node for the VQGemm weights that read the same activations (``fuse_projections``).
+
+A decoder layer's q, k and v projections read one normalised hidden state, and so do gate and up.
+As separate VQGemm nodes each costs a node dispatch and a thread-pool hand-off; on a small model
+at batch 1 that fixed cost is a large share of the node (SmolLM2's 192 x 576 k/v projections:
+~8 of ~13 µs on a 2-core AVX2 CPU). ``vq2trt.VQGemmMulti`` (docs/format.md §10) takes X and every
+member weight's inputs, in VQGemm's order one weight after another, and returns their outputs
+side by side along the last axis; a Split gives each consumer its slice back. Its per-weight
+attributes are VQGemm's INT attributes as INTS (one entry per weight), ``accuracy_level`` one INT.
+
+The weights keep their own permutations, codebooks and scales (VPTQ quantizes each on its own), so
+each weight's output is the bytes its VQGemm node gives. The op exists in the ONNX Runtime
+library's CPU kernel only: TensorRT and ORT's CUDA EP run the unfused graph.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from vq2trt.export import op
+
+OP_TYPE = "VQGemmMulti"
+
+
+class MultiWeightError(ValueError):
+    """A graph or node the multi-weight fusion cannot take."""
+
+
+def register_schema() -> None:
+    """VQGemmMulti with onnx.defs (once per process), so that onnx.checker and shape inference
+    take fused graphs."""
+    import onnx.defs as defs
+
+    if defs.has(OP_TYPE, op.DOMAIN):
+        return
+    S = defs.OpSchema
+    spec = op.schema()
+    kinds = {"INT": S.AttrType.INTS, "STRING": S.AttrType.STRING}
+    attrs = [S.Attribute(a["name"], S.AttrType.INT if a["name"] == "accuracy_level" else kinds[a["type"]],
+                         "one INT for every weight" if a["name"] == "accuracy_level" else
+                         f"per weight: {a.get('doc', a['name'])}") for a in spec["attributes"]]
+    inputs = [S.FormalParameter("inputs", "V", "X, then each weight's VQGemm inputs (absent groups left out)",
+                                param_option=S.FormalParameterOption.Variadic, is_homogeneous=False, min_arity=4)]
+    schema_obj = S(
+        OP_TYPE, op.DOMAIN, op.OP_VERSION, "Y = concat(VQGemm_w(X) for each weight w, axis=-1)", inputs=inputs,
+        outputs=[S.FormalParameter("Y", "T", "[..., sum of out_features], X's dtype")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations"),
+                          ("V", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int32)"],
+                           "X, packed indices, fp16 codebooks/scales, fp32 bias")],
+        attributes=attrs)
+    schema_obj.set_type_and_shape_inference_function(_infer)
+    defs.register_schema(schema_obj)
+
+
+def _infer(ctx) -> None:
+    import onnx
+
+    x = ctx.get_input_type(0)
+    if x is None or not x.HasField("tensor_type"):
+        return
+    y = onnx.TypeProto()
+    y.tensor_type.elem_type = x.tensor_type.elem_type
+    if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
+        y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
+        last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
+        last.Clear()
+        last.dim_value = int(sum(ctx.get_attribute("out_features").ints))
+    ctx.set_output_type(0, y)
+
+
+def member_attrs(attrs: dict) -> list[dict]:
+    """A VQGemmMulti node's attributes as one VQGemm attribute dict per weight."""
+    names = [a["name"] for a in op.schema()["attributes"]]
+    count = len(attrs["out_features"])
+    out = []
+    for w in range(count):
+        a = {}
+        for name in names:
+            v = attrs[name]
+            if name in ("accuracy_level", "plugin_version"):
+                a[name] = v
+            else:
+                if len(v) != count:
+                    raise MultiWeightError(f"{OP_TYPE}: attribute {name} has {len(v)} entries, out_features "
+                                           f"{count}: one per weight")
+                a[name] = int(v[w])
+        out.append(a)
+    return out
+
+
+def split_inputs(attrs: dict, weights: list) -> list[tuple[dict, list]]:
+    """(VQGemm attributes, weight inputs) per member of a VQGemmMulti node, from its inputs after X."""
+    out, at = [], 0
+    for a in member_attrs(attrs):
+        n = len(op.input_names(a))
+        if at + n > len(weights):
+            raise MultiWeightError(f"{OP_TYPE}: the attributes call for more weight inputs than the node's "
+                                   f"{len(weights)}")
+        out.append((a, weights[at:at + n]))
+        at += n
+    if at != len(weights):
+        raise MultiWeightError(f"{OP_TYPE}: the attributes call for {at} weight inputs, the node has {len(weights)}")
+    return out
+
+
+def fuse_projections(proto, min_group: int = 2):
+    """The model proto with every set of >= min_group VQGemm nodes that share their X input (and
+    accuracy level) replaced by one VQGemmMulti node and a Split; returns a new proto."""
+    import onnx
+    from onnx import helper
+
+    register_schema()
+    graph = proto.graph
+    groups: OrderedDict[tuple, list] = OrderedDict()
+    for node in graph.node:
+        if node.op_type == op.OP_TYPE and node.domain == op.DOMAIN:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            groups.setdefault((node.input[0], attrs["accuracy_level"], attrs["in_features"]), []).append((node, attrs))
+    fused = {id(n) for g in groups.values() if len(g) >= min_group for n, _ in g}
+    if not fused:
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    names = [a["name"] for a in op.schema()["attributes"]]
+    done = set()
+    for node in graph.node:
+        if id(node) not in fused:
+            out.graph.node.append(node)
+            continue
+        key = None
+        for k, g in groups.items():
+            if any(n is node for n, _ in g):
+                key = k
+        if key in done:
+            continue
+        done.add(key)
+        members = groups[key]
+        x = key[0]
+        stem = members[0][0].name or members[0][0].output[0]
+        y = f"{stem}/multi_out"
+        inputs = [x] + [i for n, _ in members for i in n.input[1:]]
+        attrs = {}
+        for name in names:
+            vals = [a[name] for _, a in members]
+            if name == "plugin_version":
+                attrs[name] = vals[0].decode() if isinstance(vals[0], bytes) else vals[0]
+            elif name == "accuracy_level":
+                attrs[name] = int(vals[0])
+            else:
+                attrs[name] = [int(v) for v in vals]
+        out.graph.node.append(helper.make_node(OP_TYPE, inputs, [y], name=f"{stem}/multi", domain=op.DOMAIN,
+                                               **attrs))
+        sizes = f"{stem}/multi_split"
+        out.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.array([a["out_features"] for _, a in members], dtype=np.int64), sizes))
+        out.graph.node.append(helper.make_node("Split", [y, sizes], [n.output[0] for n, _ in members],
+                                               name=f"{stem}/split", axis=-1))
+    return out
+
+
+def count_weights(graph) -> int:
+    """VQGemm weights in an onnx-graphsurgeon graph: VQGemm nodes plus VQGemmMulti members."""
+    return sum(len(n.attrs["out_features"]) for n in graph.nodes if n.op == OP_TYPE)
