@@ -3,6 +3,7 @@
 // scalar reference on random formats.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <initializer_list>
 #include <random>
@@ -240,6 +241,65 @@ void check_dense4(std::mt19937& rng, VQGemmDims d, bool exact) {
   }
 }
 
+// Several weights on one X (vq_gemm_multi): each weight's slice of Y is the bytes vq_gemm gives
+// it alone, float32 and float16 X, decode and prefill row counts, levels 0 and 4, Dense4 on and
+// off, tasks run out of order (a pool hands them out in any order).
+void run_reversed(void*, ParallelFor::TaskFn fn, size_t n, void* arg) {
+  for (size_t i = n; i-- > 0;) fn(arg, i);
+}
+
+void check_multi(std::mt19937& rng) {
+  const int64_t K = 150;
+  const VQGemmDims ds[] = {{64, K, 0, 4, 256, 1, 0, 0, 0, true, false},
+                           {21, K, 3, 3, 512, 2, 16, 2, 16, false, true},
+                           {40, K, 0, 2, 16, 1, 0, 0, 0, true, true}};
+  std::vector<test::RandomWeight> ws;
+  for (const auto& d : ds) ws.push_back(test::random_weight(rng, d));
+  ParallelFor pool;
+  pool.run = run_reversed;
+  for (int level : {0, 4})
+    for (bool dense4 : {false, true}) {
+      if (dense4) setenv("VQ2TRT_DENSE4", "1", 1);
+      std::vector<PrepackedPtr> ps;
+      std::vector<const Prepacked*> raw;
+      for (auto& w : ws) ps.push_back(prepack(w.desc, level)), raw.push_back(ps.back().get());
+      unsetenv("VQ2TRT_DENSE4");
+      for (int64_t M : {1, 3, 12}) {
+        int64_t total = 0;
+        for (const auto& d : ds) total += d.N;
+        std::vector<float> x(size_t(M * K));
+        std::normal_distribution<float> g(0.f, 1.f);
+        for (auto& v : x) v = g(rng);
+        std::vector<uint16_t> xh(x.size());
+        for (size_t i = 0; i < x.size(); ++i) xh[i] = float_to_half(x[i]);
+        std::vector<float> y(size_t(M * total));
+        std::vector<uint16_t> yh(y.size());
+        vq_gemm_multi(raw.data(), raw.size(), DType::kFloat32, x.data(), M, y.data(), pool);
+        vq_gemm_multi(raw.data(), raw.size(), DType::kFloat16, xh.data(), M, yh.data(), pool);
+        int64_t off = 0;
+        for (size_t w = 0; w < ws.size(); ++w) {
+          const int64_t N = ds[w].N;
+          std::vector<float> one(size_t(M * N));
+          std::vector<uint16_t> oneh(one.size());
+          vq_gemm(*ps[w], DType::kFloat32, x.data(), M, one.data());
+          vq_gemm(*ps[w], DType::kFloat16, xh.data(), M, oneh.data());
+          bool same = true;
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              same = same && std::memcmp(&y[size_t(m * total + off + n)], &one[size_t(m * N + n)], 4) == 0;
+              same = same && yh[size_t(m * total + off + n)] == oneh[size_t(m * N + n)];
+            }
+          if (!same) {
+            ++failures;
+            std::printf("FAIL multi: weight %zu level %d dense4 %d M=%ld differs from vq_gemm alone\n", w, level,
+                        int(dense4), long(M));
+          }
+          off += N;
+        }
+      }
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -378,6 +438,7 @@ int main() {
     d.has_bias = rng() % 2;
     check_weight(rng, d);
   }
+  check_multi(rng);
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "ok", failures);
   return failures ? 1 : 0;
 }

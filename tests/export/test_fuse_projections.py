@@ -1,0 +1,76 @@
+"""`export --fuse-projections`: q/k/v and gate/up as one VQGemmMulti node each. The graph's logits
+must be the unfused export's, bit for bit (each weight's slice is the bytes its VQGemm node
+gives), in ONNX Runtime's step API, `vq2trt run`'s shared-cache loop and ORT GenAI; the basic
+(TensorRT) graph refuses the option before anything is written."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from .conftest import _quantized, DEFAULT, FEATURES, sample_batch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module", params=["default", "features"])
+def pair(request, tmp_path_factory):
+    """(model, unfused ort export, fused ort export)."""
+    from vq2trt.export.onnx_export import export_onnx
+
+    model = _quantized(DEFAULT) if request.param == "default" else _quantized(FEATURES, attention_bias=True)
+    base = tmp_path_factory.mktemp(f"fuse-{request.param}")
+    export_onnx(model, base / "plain", ops="ort")
+    export_onnx(model, base / "fused", ops="ort", fuse_projections=True)
+    return model, base / "plain", base / "fused"
+
+
+def test_one_node_per_shared_input(pair):
+    model, plain, fused = pair
+    ops = Counter(n.op_type for n in onnx.load(str(fused / "model.onnx"), load_external_data=False).graph.node)
+    before = Counter(n.op_type for n in onnx.load(str(plain / "model.onnx"), load_external_data=False).graph.node)
+    L = model.config.num_hidden_layers
+    assert ops["VQGemmMulti"] == 2 * L                # q/k/v and gate/up
+    assert ops["VQGemm"] == 2 * L                     # o_proj and down_proj read inputs of their own
+    assert ops["Split"] == before["Split"] + 2 * L
+    proto = onnx.load(str(fused / "model.onnx"), load_external_data=False)
+    widths = sorted(len(a.ints) for n in proto.graph.node if n.op_type == "VQGemmMulti"
+                    for a in n.attribute if a.name == "out_features")
+    assert widths == [2] * L + [3] * L
+    assert ops["VQGemm"] + sum(widths) == before["VQGemm"]
+
+
+def test_logits_are_the_unfused_exports(pair):
+    from vq2trt.runtime.session import OnnxDecoder
+
+    _, plain, fused = pair
+    a, b = OnnxDecoder(plain), OnnxDecoder(fused)
+    ids = sample_batch(seed=5, batch=2, seq=7).numpy()
+    mask, pos = np.ones_like(ids), np.tile(np.arange(7), (2, 1))
+    la, pa = a.step(ids, mask, pos, a.empty_past(2))
+    lb, pb = b.step(ids, mask, pos, b.empty_past(2))
+    assert np.array_equal(la, lb)
+    nxt = np.array([[3], [9]])
+    la, _ = a.step(nxt, np.ones((2, 8)), np.array([[7], [7]]), pa)
+    lb, _ = b.step(nxt, np.ones((2, 8)), np.array([[7], [7]]), pb)
+    assert np.array_equal(la, lb)
+    prompt = list(ids[0, :5])
+    assert a.generate(prompt, 6).tokens == b.generate(prompt, 6).tokens      # SharedCache loop
+
+
+def test_genai_runs_the_fused_export(pair):
+    from .test_genai import check_same_as_run
+
+    check_same_as_run(pair[2])
+
+
+def test_basic_graph_refuses_before_writing(tmp_path):
+    from vq2trt.export.multi_weight import MultiWeightError
+    from vq2trt.export.onnx_export import export_onnx
+
+    with pytest.raises(MultiWeightError, match="ONNX Runtime's CPU EP.*fused.*ort"):
+        export_onnx(_quantized(DEFAULT), tmp_path / "m", ops="basic", fuse_projections=True)
+    assert not (tmp_path / "m").exists()
