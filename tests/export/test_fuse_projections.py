@@ -1,4 +1,5 @@
-"""`export --fuse-projections`: q/k/v and gate/up as one VQGemmMulti node each. The graph's logits
+"""`export --fuse-projections`: q/k/v and gate/up as one VQGemmMulti node each (GroupQueryAttention
+reading q/k/v packed, with no Split). The graph's logits
 must be the unfused export's, bit for bit (each weight's slice is the bytes its VQGemm node
 gives), in ONNX Runtime's step API, `vq2trt run`'s shared-cache loop and ORT GenAI; the basic
 (TensorRT) graph refuses the option before anything is written."""
@@ -35,8 +36,11 @@ def test_one_node_per_shared_input(pair):
     L = model.config.num_hidden_layers
     assert ops["VQGemmMulti"] == 2 * L                # q/k/v and gate/up
     assert ops["VQGemm"] == 2 * L                     # o_proj and down_proj read inputs of their own
-    assert ops["Split"] == before["Split"] + 2 * L
+    assert ops["Split"] == before["Split"] + L         # gate/up; GroupQueryAttention reads q/k/v packed
     proto = onnx.load(str(fused / "model.onnx"), load_external_data=False)
+    multi = {n.output[0] for n in proto.graph.node if n.op_type == "VQGemmMulti"}
+    gqa = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == L and all(n.input[0] in multi and n.input[1] == n.input[2] == "" for n in gqa)
     widths = sorted(len(a.ints) for n in proto.graph.node if n.op_type == "VQGemmMulti"
                     for a in n.attribute if a.name == "out_features")
     assert widths == [2] * L + [3] * L

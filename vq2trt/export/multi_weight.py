@@ -118,22 +118,26 @@ def fuse_projections(proto, min_group: int = 2):
         if node.op_type == op.OP_TYPE and node.domain == op.DOMAIN:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             groups.setdefault((node.input[0], attrs["accuracy_level"], attrs["in_features"]), []).append((node, attrs))
-    fused = {id(n) for g in groups.values() if len(g) >= min_group for n, _ in g}
-    if not fused:
+    # Nodes by their first output's name (unique in a graph): protobuf wrappers are no stable keys.
+    group_of = {n.output[0]: k for k, g in groups.items() if len(g) >= min_group for n, _ in g}
+    if not group_of:
         return proto
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     del out.graph.node[:]
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    graph_outputs = {o.name for o in graph.output}
+    packed = {}                           # GroupQueryAttention output name -> the packed q/k/v it reads
     names = [a["name"] for a in op.schema()["attributes"]]
     done = set()
     for node in graph.node:
-        if id(node) not in fused:
+        key = group_of.get(node.output[0]) if node.output else None
+        if key is None:
             out.graph.node.append(node)
             continue
-        key = None
-        for k, g in groups.items():
-            if any(n is node for n, _ in g):
-                key = k
         if key in done:
             continue
         done.add(key)
@@ -153,12 +157,35 @@ def fuse_projections(proto, min_group: int = 2):
                 attrs[name] = [int(v) for v in vals]
         out.graph.node.append(helper.make_node(OP_TYPE, inputs, [y], name=f"{stem}/multi", domain=op.DOMAIN,
                                                **attrs))
+        gqa = _packed_qkv_reader([n.output[0] for n, _ in members], consumers, graph_outputs)
+        if gqa is not None:                               # reads [q | k | v] as one packed input, no Split
+            packed[gqa.output[0]] = y
+            continue
         sizes = f"{stem}/multi_split"
         out.graph.initializer.append(onnx.numpy_helper.from_array(
             np.array([a["out_features"] for _, a in members], dtype=np.int64), sizes))
         out.graph.node.append(helper.make_node("Split", [y, sizes], [n.output[0] for n, _ in members],
                                                name=f"{stem}/split", axis=-1))
+    for node in out.graph.node:
+        if node.op_type == "GroupQueryAttention" and node.output[0] in packed:
+            node.input[0], node.input[1], node.input[2] = packed[node.output[0]], "", ""
     return out
+
+
+def _packed_qkv_reader(outputs, consumers, graph_outputs):
+    """The GroupQueryAttention node that reads exactly these three outputs as its query, key and
+    value (and nothing else reads them), or None. Its packed form takes [q | k | v] as the query
+    with key and value left out, which is the VQGemmMulti output as it stands."""
+    if len(outputs) != 3 or any(o in graph_outputs for o in outputs):
+        return None
+    readers = [consumers.get(o, []) for o in outputs]
+    if any(len(r) != 1 for r in readers):
+        return None
+    node = readers[0][0][0]
+    if (any(r[0][0].output[0] != node.output[0] for r in readers) or node.op_type != "GroupQueryAttention"
+            or [r[0][1] for r in readers] != [0, 1, 2]):
+        return None
+    return node
 
 
 def count_weights(graph) -> int:

@@ -52,8 +52,9 @@ def register_schemas() -> None:
     _schema(
         "GroupQueryAttention", "causal grouped-query attention with a KV cache (ONNX Runtime contrib op)",
         [S.FormalParameter("query", T, "[B, S, num_heads * d]"),
-         S.FormalParameter("key", T, "[B, S, kv_num_heads * d]"),
-         S.FormalParameter("value", T, "[B, S, kv_num_heads * d]"),
+         S.FormalParameter("key", T, "[B, S, kv_num_heads * d]; absent: query is packed [q | k | v]",
+                           param_option=opt),
+         S.FormalParameter("value", T, "[B, S, kv_num_heads * d]; absent with key", param_option=opt),
          S.FormalParameter("past_key", T, "[B, kv_num_heads, P, d]"),
          S.FormalParameter("past_value", T, "[B, kv_num_heads, P, d]"),
          S.FormalParameter("seqlens_k", L, "[B]: the last valid key's index"),
@@ -91,7 +92,19 @@ def _infer_gqa(ctx) -> None:
 
     q, past = ctx.get_input_type(0), ctx.get_input_type(3)
     if q is not None and q.HasField("tensor_type"):
-        ctx.set_output_type(0, q)
+        out = onnx.TypeProto()
+        out.CopyFrom(q)
+        packed = not ctx.has_input(1)
+        dims = out.tensor_type.shape.dim
+        if packed and len(dims) == 3:                     # [q | k | v] in, attention over q's heads out
+            heads, d = ctx.get_attribute("num_heads").i, None
+            if past is not None and past.HasField("tensor_type") and len(past.tensor_type.shape.dim) == 4:
+                pd = past.tensor_type.shape.dim[3]
+                d = pd.dim_value if pd.HasField("dim_value") else None
+            dims[2].Clear()
+            if d:
+                dims[2].dim_value = heads * d
+        ctx.set_output_type(0, out)
     if past is None or not past.HasField("tensor_type"):
         return
     present = onnx.TypeProto()
