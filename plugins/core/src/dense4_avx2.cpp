@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "internal.h"
@@ -30,19 +31,40 @@ constexpr int64_t kPrefetchBytes = 4096;
 
 }  // namespace
 
-void dense4_gemv(const uint8_t* q, int64_t blocks, const int8_t* xq, const float* sv, int64_t M, float* y,
-                 int64_t N, int64_t n0, int64_t n1) {
+void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float* xh, const float* xhsum, int64_t M,
+                 float* y, int64_t N, int64_t n0, int64_t n1) {
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t xs = blocks * kDense4Block;
+  const int64_t blocks = w.blocks, hc = w.head_cols, xs = blocks * kDense4Block;
   for (int64_t g = n0 / 4; g * 4 < n1; ++g) {
-    const uint8_t* qg = q + g * blocks * kDense4Bytes;
+    const uint8_t* qg = w.q.data() + g * w.group_bytes;
     for (int64_t m = 0; m < M; ++m) {
       const int8_t* xm = xq + m * xs;
       const float* svm = sv + m * blocks * 8;
+      float head[4] = {0.f, 0.f, 0.f, 0.f};
+      if (hc > 0) {  // 8-bit head against x' in float32: 4 rows share each x' load
+        const float* xhm = xh + m * hc;
+        __m256 h0 = _mm256_setzero_ps(), h1 = h0, h2 = h0, h3 = h0;
+        auto wrow = [&](int r, int64_t c) {
+          return _mm256_cvtepi32_ps(
+              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qg + r * hc + c))));
+        };
+        for (int64_t c = 0; c < hc; c += 8) {
+          const __m256 xv = _mm256_loadu_ps(xhm + c);
+          h0 = _mm256_fmadd_ps(wrow(0, c), xv, h0);
+          h1 = _mm256_fmadd_ps(wrow(1, c), xv, h1);
+          h2 = _mm256_fmadd_ps(wrow(2, c), xv, h2);
+          h3 = _mm256_fmadd_ps(wrow(3, c), xv, h3);
+        }
+        float st[4], mn[4];
+        std::memcpy(st, qg + 4 * hc, 16);
+        std::memcpy(mn, qg + 4 * hc + 16, 16);
+        const float hs[4] = {hsum(h0), hsum(h1), hsum(h2), hsum(h3)};
+        for (int r = 0; r < 4; ++r) head[r] = st[r] * hs[r] + mn[r] * xhsum[m];
+      }
       __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, accm = acc0;
       for (int64_t b = 0; b < blocks; ++b) {
-        const uint8_t* rec = qg + b * kDense4Bytes;
+        const uint8_t* rec = qg + w.head_bytes() + b * kDense4Bytes;
         // ~50 records ahead: with no prefetch the stream ran at 7 GB/s per core on Zen 3 (10-11
         // weights/ns with the weights in L3, the lookup kernel's speed); 2-4 KB ahead, 15-16.
         _mm_prefetch(reinterpret_cast<const char*>(rec) + kPrefetchBytes, _MM_HINT_T0);
@@ -69,7 +91,7 @@ void dense4_gemv(const uint8_t* q, int64_t blocks, const int8_t* xq, const float
       const float sums[4] = {hsum(acc0), hsum(acc1), hsum(acc2), hsum(acc3)};
       for (int r = 0; r < 4; ++r) {
         const int64_t n = g * 4 + r;
-        if (n >= n0 && n < n1) y[m * N + n] += sums[r] + mins[4 + r];
+        if (n >= n0 && n < n1) y[m * N + n] += head[r] + sums[r] + mins[4 + r];
       }
     }
   }

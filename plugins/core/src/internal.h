@@ -104,20 +104,28 @@ struct Segment {
 // to int8 per block. Costs: 5 more bits per weight in memory (the indices stay, for prefill) and a
 // second rounding of the weight (RESULTS.md has its KL against level 0). The file is unchanged.
 constexpr int64_t kDense4Block = 32;
+constexpr int64_t kDense4Bytes = 4 * 16 + 8 + 8;  // one block's record for 4 rows
 struct Dense4 {
   // The first col0 permuted columns (kInt8HeadCols, or VQ2TRT_INT8_HEAD: the most salient, as on
-  // the int8 route) stay exact: `head` holds the parts cut to them, run by the float kernels. Rounded with the rest,
-  // they cost most of the accuracy (SmolLM2 decode KL against level 0: 0.93 nats/token).
+  // the int8 route) are kept apart from the 4-bit blocks: rounded with the rest (x' to int8 per
+  // block, where a massive activation channel takes the block's scale; 4-bit weights), they cost
+  // most of the accuracy (SmolLM2 decode KL against level 0: 0.93 nats/token). They are stored at
+  // 8 bits per weight (w = min + step · u per row, float32 step and minimum over the head) and
+  // multiplied with x' in float32 (KL 0.091 where exact lookups gave 0.089): the first version
+  // ran their lookups, ~1 instruction per weight on a ninth of the columns at K = 576; this one
+  // is 0-16 % faster per node on SmolLM2's shapes (one thread, RESULTS.md).
   int64_t col0 = 0;
-  std::vector<Part> head;
+  int64_t head_cols = 0;     // col0 rounded up to a multiple of 8 (zero weights past col0)
   int64_t blocks = 0;        // ceil((K - col0) / kDense4Block); empty q: off
-  // Groups of 4 output rows, one kDense4Bytes record per group and block, in one stream: the 4
-  // rows' nibbles (16 bytes each, byte i = u[i] | u[i + 16] << 4), then their fp16 steps, then
-  // their fp16 minima (5 bits a weight in all, as MatMulNBits 4-bit with block 32: at decode the
-  // kernel streams its weight from memory, so bytes are its speed).
-  std::vector<uint8_t> q;    // [groups][blocks][kDense4Bytes]
+  int64_t group_bytes = 0;   // head_bytes() + blocks · kDense4Bytes
+  int64_t head_bytes() const { return head_cols ? 4 * head_cols + 32 : 0; }
+  // Groups of 4 output rows in one stream: per group the head (the 4 rows' head_cols bytes u,
+  // then their float32 steps and minima), then one kDense4Bytes record per block: the 4 rows'
+  // nibbles (16 bytes each, byte i = u[i] | u[i + 16] << 4), their fp16 steps, their fp16 minima
+  // (5 bits a weight in all, as MatMulNBits 4-bit with block 32: at decode the kernel streams its
+  // weight from memory, so bytes are its speed).
+  std::vector<uint8_t> q;    // [groups][group_bytes]
 };
-constexpr int64_t kDense4Bytes = 4 * 16 + 8 + 8;
 bool dense4_requested();     // VQ2TRT_DENSE4=1
 void make_dense4(Prepacked& p, int64_t exact_cols);  // the first exact_cols stay exact (Dense4::col0)
 
@@ -238,9 +246,10 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16);
 // Decode with the Dense4 form (dense4_avx2.cpp): y[m * N + n] += row n's dot with activation row m
 // for n in [n0, n1) (n0 a multiple of 4). xq [M, blocks · 32]: x' rounded to int8 per block; sv
-// [M, blocks, 8]: its scale 4 times, then Σ x' over the block (float32) 4 times.
-void dense4_gemv(const uint8_t* q, int64_t blocks, const int8_t* xq, const float* sv, int64_t M, float* y,
-                 int64_t N, int64_t n0, int64_t n1);
+// [M, blocks, 8]: its scale 4 times, then Σ x' over the block (float32) 4 times. xh [M, head_cols]:
+// x' over the head columns (zero past col0), xhsum [M]: its sum.
+void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float* xh, const float* xhsum, int64_t M,
+                 float* y, int64_t N, int64_t n0, int64_t n1);
 // x[0, count) -> int8 per block of 32 (zero padded to blocks · 32) and sv (dense4_gemv's).
 void dense4_quantize(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sv);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).

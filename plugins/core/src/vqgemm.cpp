@@ -47,6 +47,8 @@ struct Call {
   const float* xsumh;         // [M, wide]: Σ x' over the head range
   const int8_t* xq4;          // Dense4 decode: x' at int8 per block [M, blocks · 32], or null
   const float* sv4;           // [M, blocks, 8]: dense4_gemv's sv
+  const float* xh4;           // [M, head_cols]: x' over Dense4's head columns
+  const float* xhsum4;        // [M]: its sum
   float* y;                   // [M, N]
 };
 
@@ -115,11 +117,7 @@ void run_rows(void* arg, size_t task) {
       for (int64_t n = n0; n < n1; ++n) ym[n] = r + p.bias[size_t(n)];
   }
 #if VQ2TRT_X86
-  if (c.xq4) {
-    const Dense4& w = p.dense4;
-    for (const Part& h : w.head) float_part(h, true);
-    return avx2::dense4_gemv(w.q.data(), w.blocks, c.xq4, c.sv4, c.M, c.y, N, n0, n1);
-  }
+  if (c.xq4) return avx2::dense4_gemv(p.dense4, c.xq4, c.sv4, c.xh4, c.xhsum4, c.M, c.y, N, n0, n1);
 #endif
   for (size_t i = 0; i < p.parts.size(); ++i) {
     const Part& pt = p.parts[i];
@@ -231,6 +229,8 @@ struct Prep {
   float* xsumh;
   int8_t* xq4;      // Dense4 decode (Call::xq4), or null
   float* sv4;
+  float* xh4;
+  float* xhsum4;
 };
 
 // x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
@@ -268,6 +268,10 @@ void prep_rows(void* arg, size_t task) {
       const int64_t nb = p.dense4.blocks;
       const int64_t c0 = p.dense4.col0;
       avx2::dense4_quantize(xo + c0, K - c0, nb, c.xq4 + m * nb * kDense4Block, c.sv4 + m * nb * 8);
+      const int64_t hc = p.dense4.head_cols;
+      float* xh = c.xh4 + m * hc;
+      std::fill(std::copy(xo, xo + c0, xh), xh + hc, 0.f);
+      c.xhsum4[m] = sum_f32(xo, c0);
     }
 #endif
     if (!c.xq) continue;
@@ -307,7 +311,7 @@ struct CallBuffers {
   std::vector<float> xp, rowconst, sx, corr, xsum, ybuf;
   std::vector<int8_t> xq;
   std::vector<int16_t> x16, x16h;
-  std::vector<float> sxh, xsumh, sv4;
+  std::vector<float> sxh, xsumh, sv4, xh4, xhsum4;
   std::vector<int8_t> xq4;
 };
 
@@ -320,7 +324,7 @@ struct BufferTrim {
       if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
     };
     trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
-    trim(b.sxh), trim(b.xsumh), trim(b.sv4), trim(b.xq4);
+    trim(b.sxh), trim(b.xsumh), trim(b.sv4), trim(b.xq4), trim(b.xh4), trim(b.xhsum4);
     trim(b.rowconst);
   }
 };
@@ -348,13 +352,17 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
     buf.xsum.assign(size_t(M * nseg), 0.f);
   }
   Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr,
-            nullptr, nullptr, nullptr, nullptr, nullptr};
+            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   if (dense4) {
     const int64_t nb = p.dense4.blocks;
     buf.xq4.resize(size_t(M * nb * kDense4Block));
     buf.sv4.resize(size_t(M * nb * 8));
+    buf.xh4.resize(size_t(std::max<int64_t>(1, M * p.dense4.head_cols)));
+    buf.xhsum4.resize(size_t(M));
     prep.xq4 = buf.xq4.data();
     prep.sv4 = buf.sv4.data();
+    prep.xh4 = buf.xh4.data();
+    prep.xhsum4 = buf.xhsum4.data();
   }
   if (any_int8) {
     prep.xq = buf.xq.data();
@@ -382,7 +390,7 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
   *out = Call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-              buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, y32};
+              buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, prep.xh4, prep.xhsum4, y32};
   // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector
   // length and, in decode, of at least ~64K weights: SmolLM2's k/v projections (192 x 576) came
   // in 16 tasks of 12 rows, and at 30 us a call for 110K weights ran at a quarter of the speed
@@ -395,10 +403,7 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
   // 16-row pass for 4 (unless the vector lengths make 16-row steps too coarse).
   const int64_t u16 = std::lcm(unit, int64_t(16));
   if (!p.segments.empty() && u16 <= 64) out->row_block = ceil_div(out->row_block, u16) * u16;
-  if (dense4) {  // Dense4's groups of 4 rows, and still whole vector rows for the exact head parts
-    const int64_t u4 = std::lcm(unit, int64_t(4));
-    out->row_block = ceil_div(out->row_block, u4) * u4;
-  }
+  if (dense4) out->row_block = ceil_div(out->row_block, int64_t(4)) * 4;  // Dense4's groups of 4 rows
   return ceil_div(N, out->row_block);
 }
 
