@@ -11,7 +11,9 @@ VQ2TRT_ISA caps vq2trt's kernels (MLAS keeps its own choice); the header names t
     .venv/bin/python benchmarks/cpu_vqgemm.py [--layers 16] [--dim 4096] [--runs 30] [--threads 2] [--rows 1]
 
 With --shapes 192x576,1536x576,... (N x K, e.g. a model's projections) each shape is timed as a fan
-instead: LAYERS nodes of that shape reading one x (so the weights stream from memory as in a decode
+instead (N as a sum, e.g. 576+192+192x576 for q/k/v, makes each VQGemm element one VQGemmMulti node
+of those weights, export --fuse-projections, followed by a Concat, and the other ops one weight of the
+sum): LAYERS nodes of that shape reading one x (so the weights stream from memory as in a decode
 step), µs per node for the default format at level 4, with VQ2TRT_DENSE4=1, MatMulNBits 4-bit with
 block 32 (ORT GenAI's int4 models) and float32 MatMul; sessions one after another, ROUNDS rounds.
 """
@@ -46,9 +48,37 @@ def random_vq(rng, n: int, k_in: int, v: int, k: int, k_res: int = 0) -> VQWeigh
                     codebook=(rng.standard_normal((1, k, v)) * 0.02).astype(np.float16), **res)
 
 
-def fan_model(kind: str, rng, layers: int, n: int, k_in: int):
-    """LAYERS nodes of one N x K weight each, all reading x [M, K]; outputs o0 .. o{LAYERS-1}."""
+def fan_model(kind: str, rng, layers: int, n, k_in: int):
+    """LAYERS nodes of one N x K weight each, all reading x [M, K]; outputs o0 .. o{LAYERS-1}.
+    n may be a list (e.g. q, k, v widths): VQGemm then makes one VQGemmMulti node of those weights
+    per fan element (export --fuse-projections), the other ops one weight of their sum."""
     from onnx import TensorProto, helper, numpy_helper
+    if not isinstance(n, int) and len(n) == 1:
+        n = n[0]
+    if not isinstance(n, int):
+        if kind != "vq":
+            return fan_model(kind, rng, layers, sum(n), k_in)
+        from vq2trt.export.multi_weight import fuse_projections
+        nodes, inits = [], []
+        for i in range(layers):
+            nodes.append(helper.make_node("Identity", ["x"], [f"x{i}"]))   # one X per element: one group each
+            parts = []
+            for j, nj in enumerate(n):
+                w = random_vq(rng, nj, k_in, 4, 256)
+                names = []
+                for name, a in weight_inputs(w).items():
+                    inits.append(numpy_helper.from_array(np.ascontiguousarray(a), f"l{i}.{j}.{name}"))
+                    names.append(f"l{i}.{j}.{name}")
+                nodes.append(helper.make_node(OP_TYPE, [f"x{i}", *names], [f"o{i}.{j}"], domain=DOMAIN,
+                                              **attributes(w, 4)))
+                parts.append(f"o{i}.{j}")
+            nodes.append(helper.make_node("Concat", parts, [f"o{i}"], axis=-1))
+        outs = [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, ["m", sum(n)]) for i in range(layers)]
+        graph = helper.make_graph(nodes, "fan", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k_in])],
+                                  outs, initializer=inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid(DOMAIN, OP_VERSION)])
+        return fuse_projections(model)
     nodes, inits = [], []
     for i in range(layers):
         if kind == "vq":
@@ -88,7 +118,8 @@ def time_fans(args) -> None:
     print("| N x K | " + " | ".join(name for name, _, _ in ops) + " | Dense4 / MatMulNBits |")
     print("|---|" + "---|" * (len(ops) + 1))
     for shape in args.shapes.split(","):
-        n, k_in = (int(v) for v in shape.lower().split("x"))
+        ns, k_in = shape.lower().split("x")
+        n, k_in = [int(v) for v in ns.split("+")], int(k_in)
         models = [(fan_model(kind, rng, args.layers, n, k_in), env) for _, kind, env in ops]
         feed = {"x": rng.standard_normal((args.rows, k_in)).astype(np.float32)}
         times = [[] for _ in ops]
@@ -104,7 +135,7 @@ def time_fans(args) -> None:
                 del sess
                 gc.collect()
         med = [statistics.median(t) for t in times]
-        print(f"| {n} x {k_in} | " + " | ".join(f"{t:.1f}" for t in med) + f" | {med[1] / med[2]:.2f} |", flush=True)
+        print(f"| {ns} x {k_in} | " + " | ".join(f"{t:.1f}" for t in med) + f" | {med[1] / med[2]:.2f} |", flush=True)
 
 
 def chain_model(nodes, inits, dim: int, extra_opsets=()):

@@ -40,11 +40,12 @@ constexpr double kPrefillDecodeRelTol = 1e-4;
 // with a 300x activation in the head, which also sets the RMS).
 constexpr double kWideHeadRelTol = 5e-3;
 // Dense4 (VQ2TRT_DENSE4=1) on random weights: each weight rounded once more to 16 levels over its
-// 32-column block. Codebooks uniform in [-1, 1] put ~1.9 in a block (a step of 0.13, 6 % of the
-// weights' RMS per weight); the random outlier codebooks' [-4, 4] share the first block with main
-// columns and quadruple its step (0.5 x RMS measured with K = 70, a third of the row in that block).
-// This bound only catches gross errors: the exact case below is the layout check.
-constexpr double kDense4RelTol = 0.7;
+// 32-column block (step and minimum coded in a byte against the row's units), the first 64
+// permuted columns to 256 levels per row. Codebooks uniform in [-1, 1] put ~1.9 in a block (a step
+// of 0.13, 6 % of the weights' RMS per weight); measured at most 0.22 x RMS over these cases
+// (0.21 with fp16 steps and exact head columns, the first version). A minimum coded one unit off
+// gave 1.24: this bound catches such errors, the exact case below the layout.
+constexpr double kDense4RelTol = 0.35;
 
 int failures = 0;
 

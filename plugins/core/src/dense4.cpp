@@ -22,7 +22,7 @@ void make_dense4(Prepacked& p, int64_t exact_cols) {
   w.col0 = col0;
   w.head_cols = ceil_div(col0, int64_t(8)) * 8;
   w.blocks = nb;
-  w.group_bytes = w.head_bytes() + nb * kDense4Bytes;
+  w.group_bytes = w.prefix_bytes() + nb * kDense4Bytes;
   w.q.assign(size_t(groups * w.group_bytes), 0);
   // One vector row (v output rows) at a time: the parts' sums in permuted order, as x' is.
   std::vector<float> rows;
@@ -61,27 +61,56 @@ void make_dense4(Prepacked& p, int64_t exact_cols) {
         std::memcpy(grp + 4 * w.head_cols + 16 + 4 * lane, &lo, 4);
       }
       const float* src = full + col0;
+      // Each block's extremes, then the row's code units: minima rounded down to base + k · unit,
+      // then steps rounded up (from each block's rounded minimum) to k · unit, so that every
+      // block's range stays inside its 16 levels.
+      std::vector<float> lo(static_cast<size_t>(nb)), hi(static_cast<size_t>(nb));
       for (int64_t b = 0; b < nb; ++b) {
         const float* blk = src + b * kDense4Block;
         const int64_t valid = std::min(kDense4Block, K - b * kDense4Block);  // padding is not weight
-        float lo = blk[0], hi = blk[0];
-        for (int64_t c = 1; c < valid; ++c) lo = std::min(lo, blk[c]), hi = std::max(hi, blk[c]);
-        // The levels are rounded with the fp16 minimum and step the kernel will use.
-        const uint16_t lo16 = float_to_half(lo), step16 = float_to_half((hi - lo) / 15.f);
-        const float lo_h = half_to_float(lo16), step = half_to_float(step16);
-        if (!std::isfinite(lo_h) || !std::isfinite(step) || !std::isfinite(lo_h + 15.f * step)) {
-          w = Dense4();  // beyond fp16 (|w| > 65504): this weight keeps the lookup route
-          return;
-        }
+        lo[size_t(b)] = hi[size_t(b)] = blk[0];
+        for (int64_t c = 1; c < valid; ++c)
+          lo[size_t(b)] = std::min(lo[size_t(b)], blk[c]), hi[size_t(b)] = std::max(hi[size_t(b)], blk[c]);
+      }
+      if (nb == 0) continue;  // every column in the head
+      const float mbase = *std::min_element(lo.begin(), lo.end());
+      const float munit = (*std::max_element(lo.begin(), lo.end()) - mbase) / 255.f;
+      std::vector<uint8_t> mcode(static_cast<size_t>(nb));
+      std::vector<float> mins(static_cast<size_t>(nb));
+      float smax = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const float k = munit > 0.f ? std::floor((lo[size_t(b)] - mbase) / munit) : 0.f;
+        mcode[size_t(b)] = uint8_t(std::clamp(k, 0.f, 255.f));
+        mins[size_t(b)] = std::fma(float(mcode[size_t(b)]), munit, mbase);  // as the kernel's FMA
+        while (mins[size_t(b)] > lo[size_t(b)] && mcode[size_t(b)] > 0)  // floor's rounding (code 0 is mbase <= lo)
+          mins[size_t(b)] = std::fma(float(--mcode[size_t(b)]), munit, mbase);
+        smax = std::max(smax, (hi[size_t(b)] - mins[size_t(b)]) / 15.f);
+      }
+      const float sunit = smax / 255.f;
+      if (!std::isfinite(mbase) || !std::isfinite(munit) || !std::isfinite(sunit) || !std::isfinite(smax * 15.f)) {
+        w = Dense4();  // non-finite weights: this weight keeps the lookup route
+        return;
+      }
+      uint8_t* params = grp + w.head_bytes();
+      std::memcpy(params + 4 * lane, &sunit, 4);
+      std::memcpy(params + 16 + 4 * lane, &munit, 4);
+      std::memcpy(params + 32 + 4 * lane, &mbase, 4);
+      for (int64_t b = 0; b < nb; ++b) {
+        const float* blk = src + b * kDense4Block;
+        const int64_t valid = std::min(kDense4Block, K - b * kDense4Block);
+        const float need = (hi[size_t(b)] - mins[size_t(b)]) / 15.f;
+        uint8_t code = sunit > 0.f ? uint8_t(std::clamp(std::ceil(need / sunit), 0.f, 255.f)) : 0;
+        if (code < 255 && float(code) * sunit < need) ++code;  // the division rounded down
+        const float step = float(code) * sunit, m = mins[size_t(b)];
         uint8_t u[kDense4Block] = {};
         for (int64_t c = 0; c < valid && step > 0.f; ++c)
-          u[c] = uint8_t(std::clamp(std::nearbyint((blk[c] - lo_h) / step), 0.f, 15.f));
+          u[c] = uint8_t(std::clamp(std::nearbyint((blk[c] - m) / step), 0.f, 15.f));
         // Byte i holds elements i (low nibble) and i + 16 (high): one shift and one mask give
         // the 32 in order (dense4_avx2.cpp).
-        uint8_t* rec = grp + w.head_bytes() + b * kDense4Bytes;
+        uint8_t* rec = grp + w.prefix_bytes() + b * kDense4Bytes;
         for (int64_t c = 0; c < 16; ++c) rec[lane * 16 + c] = uint8_t(u[c] | (u[c + 16] << 4));
-        std::memcpy(rec + 64 + 2 * lane, &step16, 2);
-        std::memcpy(rec + 72 + 2 * lane, &lo16, 2);
+        rec[64 + lane] = code;
+        rec[68 + lane] = mcode[size_t(b)];
       }
     }
   }

@@ -62,15 +62,20 @@ void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float
         const float hs[4] = {hsum(h0), hsum(h1), hsum(h2), hsum(h3)};
         for (int r = 0; r < 4; ++r) head[r] = st[r] * hs[r] + mn[r] * xhsum[m];
       }
+      // Lanes 0-3: the rows' step units; 4-7: their minimum units, and (base_hi) bases.
+      const float* par = reinterpret_cast<const float*>(qg + w.head_bytes());
+      const __m256 unit = _mm256_loadu_ps(par);
+      const __m256 base_hi = _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_loadu_ps(par + 8), 1);
       __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, accm = acc0;
       for (int64_t b = 0; b < blocks; ++b) {
-        const uint8_t* rec = qg + w.head_bytes() + b * kDense4Bytes;
+        const uint8_t* rec = qg + w.prefix_bytes() + b * kDense4Bytes;
         // ~50 records ahead: with no prefetch the stream ran at 7 GB/s per core on Zen 3 (10-11
         // weights/ns with the weights in L3, the lookup kernel's speed); 2-4 KB ahead, 15-16.
         _mm_prefetch(reinterpret_cast<const char*>(rec) + kPrefetchBytes, _MM_HINT_T0);
         const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xm + b * kDense4Block));
-        const __m256 t = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 64))),
-                                       _mm256_loadu_ps(svm + b * 8));
+        const __m256 codes = _mm256_cvtepi32_ps(
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 64))));
+        const __m256 t = _mm256_mul_ps(_mm256_fmadd_ps(codes, unit, base_hi), _mm256_loadu_ps(svm + b * 8));
         accm = _mm256_add_ps(accm, t);  // lanes 4-7: Σ_b m · Σ x' per row (lanes 0-3 unused)
         alignas(32) float tb[8];
         _mm256_store_ps(tb, t);

@@ -104,7 +104,7 @@ struct Segment {
 // to int8 per block. Costs: 5 more bits per weight in memory (the indices stay, for prefill) and a
 // second rounding of the weight (RESULTS.md has its KL against level 0). The file is unchanged.
 constexpr int64_t kDense4Block = 32;
-constexpr int64_t kDense4Bytes = 4 * 16 + 8 + 8;  // one block's record for 4 rows
+constexpr int64_t kDense4Bytes = 4 * 16 + 4 + 4;  // one block's record for 4 rows
 struct Dense4 {
   // The first col0 permuted columns (kInt8HeadCols, or VQ2TRT_INT8_HEAD: the most salient, as on
   // the int8 route) are kept apart from the 4-bit blocks: rounded with the rest (x' to int8 per
@@ -117,13 +117,16 @@ struct Dense4 {
   int64_t col0 = 0;
   int64_t head_cols = 0;     // col0 rounded up to a multiple of 8 (zero weights past col0)
   int64_t blocks = 0;        // ceil((K - col0) / kDense4Block); empty q: off
-  int64_t group_bytes = 0;   // head_bytes() + blocks · kDense4Bytes
+  int64_t group_bytes = 0;   // prefix_bytes() + blocks · kDense4Bytes
   int64_t head_bytes() const { return head_cols ? 4 * head_cols + 32 : 0; }
+  int64_t prefix_bytes() const { return head_bytes() + 48; }
   // Groups of 4 output rows in one stream: per group the head (the 4 rows' head_cols bytes u,
-  // then their float32 steps and minima), then one kDense4Bytes record per block: the 4 rows'
-  // nibbles (16 bytes each, byte i = u[i] | u[i + 16] << 4), their fp16 steps, their fp16 minima
-  // (5 bits a weight in all, as MatMulNBits 4-bit with block 32: at decode the kernel streams its
-  // weight from memory, so bytes are its speed).
+  // then their float32 steps and minima), the rows' code scales (float32: 4 step units, 4 minimum
+  // units, 4 minimum bases), then one kDense4Bytes record per block: the 4 rows' nibbles (16 bytes
+  // each, byte i = u[i] | u[i + 16] << 4), their step codes and their minimum codes, one byte each:
+  // step = code · unit, minimum = base + code · unit (as llama.cpp's Q4_K codes its sub-block
+  // scales). 4.5 bits a weight, as Q4_0 and MatMulNBits 4-bit with block 32 (fp16 steps and
+  // minima took 5): at decode the kernel streams its weight from memory, so bytes are its speed.
   std::vector<uint8_t> q;    // [groups][group_bytes]
 };
 bool dense4_requested();     // VQ2TRT_DENSE4=1
