@@ -104,6 +104,12 @@ VQGemmMultiKernel::VQGemmMultiKernel(const OrtApi& api, const OrtKernelInfo* inf
   dims_ = read_multi_attributes(get_ints, get_int, &level);
   check_multi_inputs(dims_, kernel_input_infos(info));
   Ort::ConstKernelInfo ki(info);
+  const size_t outputs = ki.GetOutputCount();
+  if (outputs != 1 && outputs != dims_.size())
+    fail(std::string(kMultiOpName) + ": the node has " + std::to_string(outputs) + " outputs; expected 1 (the " +
+         std::to_string(dims_.size()) + " weights' outputs concatenated) or " + std::to_string(dims_.size()) +
+         " (one per weight)");
+  separate_ = outputs > 1;
   const std::vector<size_t> first = input_offsets(dims_);
   for (size_t w = 0; w < dims_.size(); ++w) {
     std::vector<Ort::ConstValue> values;
@@ -134,13 +140,26 @@ OrtStatusPtr VQGemmMultiKernel::ComputeV2(OrtKernelContext* context) {
     const InputInfo x{info.GetElementType(), info.GetShape()};
     check_x(dims_[0], x);
     int64_t M = 0;
-    Ort::UnownedValue y = output(ctx, x.shape, total_n_, &M);
-    if (M == 0) return;
     ParallelFor par;
     par.run = run_on_pool;
     par.ctx = ctx.GetOrtKernelContext();
-    vq_gemm_multi(raw_.data(), raw_.size(), x_dtype(x.type), xv.GetTensorRawData(), M,
-                  y.GetTensorMutableRawData(), par);
+    if (!separate_) {
+      Ort::UnownedValue y = output(ctx, x.shape, total_n_, &M);
+      if (M == 0) return;
+      vq_gemm_multi(raw_.data(), raw_.size(), x_dtype(x.type), xv.GetTensorRawData(), M,
+                    y.GetTensorMutableRawData(), par);
+      return;
+    }
+    std::vector<void*> ys;
+    for (size_t w = 0; w < dims_.size(); ++w) {
+      std::vector<int64_t> shape = x.shape;
+      M = 1;
+      for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
+      shape.back() = dims_[w].N;
+      ys.push_back(ctx.GetOutput(w, shape.data(), shape.size()).GetTensorMutableRawData());
+    }
+    if (M == 0) return;
+    vq_gemm_multi(raw_.data(), raw_.size(), x_dtype(x.type), xv.GetTensorRawData(), M, ys.data(), par);
   });
 }
 
@@ -197,16 +216,24 @@ OrtStatusPtr infer_multi_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) no
     Ort::ThrowOnError(api.CreateTensorTypeAndShapeInfo(&out));
     Ort::TensorTypeAndShapeInfo owned(out);
     Ort::ThrowOnError(api.SetTensorElementType(out, in[0].type));
-    // X's rank before anything can fail: the Split after the node needs it.
+    // X's rank before anything can fail: the nodes after need it. Whether the node has one output
+    // or one per weight, the context does not say: setting output 1 tells.
     if (in[0].known) set_shape(out, -1, "vqgemm_multi_out");
     Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
+    bool separate = false;
+    if (OrtStatus* st = api.ShapeInferContext_SetOutputTypeShape(ctx, 1, out))
+      api.ReleaseStatus(st);
+    else
+      separate = true;
     int level = 0;
     const std::vector<VQGemmDims> dims = read_multi_attributes(get_ints, get_int, &level);
     if (in[0].known) {
       int64_t total = 0;
       for (const VQGemmDims& d : dims) total += d.N;
-      set_shape(out, total, "");
-      Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
+      for (size_t w = 0; w < (separate ? dims.size() : 1); ++w) {
+        set_shape(out, separate ? dims[w].N : total, "");
+        Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, w, out));
+      }
     }
     check_multi_inputs(dims, in);
     return nullptr;

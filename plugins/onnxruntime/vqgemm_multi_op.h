@@ -1,7 +1,8 @@
 // vq2trt.VQGemmMulti for ONNX Runtime's CPU execution provider: several VQGemm weights that read
-// one X (a layer's q, k and v, or gate and up) as one node, Y = [X·W_0ᵀ | X·W_1ᵀ | ...] along the
-// last axis (docs/format.md §10). One node and one thread-pool dispatch instead of one per weight;
-// each weight's outputs are the bytes its own VQGemm node would give.
+// one X (a layer's q, k and v, or gate and up) as one node (docs/format.md §10): one output
+// Y = [X·W_0ᵀ | X·W_1ᵀ | ...] along the last axis, or one output per weight. One node and one
+// thread-pool dispatch instead of one per weight; each weight's outputs are the bytes its own
+// VQGemm node would give.
 #pragma once
 
 #include <memory>
@@ -26,6 +27,7 @@ struct VQGemmMultiKernel {
  private:
   std::vector<VQGemmDims> dims_;
   int64_t total_n_ = 0;
+  bool separate_ = false;  // one output per weight (else one, concatenated)
   std::vector<std::shared_ptr<const Prepacked>> packed_;
   std::vector<const Prepacked*> raw_;
 };
@@ -49,6 +51,10 @@ struct VQGemmMultiOp : Ort::CustomOpBase<VQGemmMultiOp, VQGemmMultiKernel, /*Wit
   bool GetVariadicInputHomogeneity() const { return false; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED; }
+  // Y, or Y_0 .. Y_{W-1}: one per weight.
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_VARIADIC; }
+  int GetVariadicOutputMinArity() const { return 1; }
+  bool GetVariadicOutputHomogeneity() const { return true; }
 };
 
 }  // namespace vq2trt::ort

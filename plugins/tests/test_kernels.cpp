@@ -242,8 +242,8 @@ void check_dense4(std::mt19937& rng, VQGemmDims d, bool exact) {
   }
 }
 
-// Several weights on one X (vq_gemm_multi): each weight's slice of Y is the bytes vq_gemm gives
-// it alone, float32 and float16 X, decode and prefill row counts, levels 0 and 4, Dense4 on and
+// Several weights on one X (vq_gemm_multi): each weight's slice of Y (or its own output) is the
+// bytes vq_gemm gives it alone, float32 and float16 X, decode and prefill row counts, levels 0 and 4, Dense4 on and
 // off, tasks run out of order (a pool hands them out in any order).
 void run_reversed(void*, ParallelFor::TaskFn fn, size_t n, void* arg) {
   for (size_t i = n; i-- > 0;) fn(arg, i);
@@ -277,6 +277,12 @@ void check_multi(std::mt19937& rng) {
         std::vector<uint16_t> yh(y.size());
         vq_gemm_multi(raw.data(), raw.size(), DType::kFloat32, x.data(), M, y.data(), pool);
         vq_gemm_multi(raw.data(), raw.size(), DType::kFloat16, xh.data(), M, yh.data(), pool);
+        // one output tensor per weight
+        std::vector<std::vector<float>> sep;
+        std::vector<void*> ptrs;
+        for (const auto& d : ds) sep.emplace_back(size_t(M * d.N));
+        for (auto& v : sep) ptrs.push_back(v.data());
+        vq_gemm_multi(raw.data(), raw.size(), DType::kFloat32, x.data(), M, ptrs.data(), pool);
         int64_t off = 0;
         for (size_t w = 0; w < ws.size(); ++w) {
           const int64_t N = ds[w].N;
@@ -289,6 +295,7 @@ void check_multi(std::mt19937& rng) {
             for (int64_t n = 0; n < N; ++n) {
               same = same && std::memcmp(&y[size_t(m * total + off + n)], &one[size_t(m * N + n)], 4) == 0;
               same = same && yh[size_t(m * total + off + n)] == oneh[size_t(m * N + n)];
+              same = same && std::memcmp(&sep[w][size_t(m * N + n)], &one[size_t(m * N + n)], 4) == 0;
             }
           if (!same) {
             ++failures;

@@ -65,22 +65,43 @@ SETS = {
 }
 
 
+def concatenated(fused, weights, dtype):
+    """The fused node with one output, Y = [Y0 | Y1 | ...], as GroupQueryAttention reads q/k/v."""
+    from onnx import TensorProto, helper
+
+    m = type(fused)()
+    m.CopyFrom(fused)
+    node = m.graph.node[0]
+    del node.output[:]
+    node.output.append("Y")
+    del m.graph.output[:]
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    m.graph.output.append(helper.make_tensor_value_info("Y", elem, ["d0", "d1", sum(w.out_features for w in weights)]))
+    return m
+
+
+@pytest.mark.parametrize("outputs", ["separate", "concatenated"])
 @pytest.mark.parametrize("dense4", [False, True], ids=["lookup", "dense4"])
 @pytest.mark.parametrize("level", [0, 4])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("name", list(SETS))
-def test_same_bytes_as_separate_nodes(library, name, dtype, level, dense4, monkeypatch):
+def test_same_bytes_as_separate_nodes(library, name, dtype, level, dense4, outputs, monkeypatch):
     if dense4:
         monkeypatch.setenv("VQ2TRT_DENSE4", "1")       # read at session creation
     rng = np.random.default_rng(zlib.crc32(f"{name}/{level}".encode()))
     weights = [random_weight(rng, **kw) for kw in SETS[name]]
     model = graph_of(weights, dtype, level, rank=3)     # [batch, seq, K] with symbolic dims, as a decoder's
     fused = multi_weight.fuse_projections(model)
-    assert [n.op_type for n in fused.graph.node] == ["VQGemmMulti", "Split"]
+    assert [n.op_type for n in fused.graph.node] == ["VQGemmMulti"]
+    assert list(fused.graph.node[0].output) == [f"Y{i}" for i in range(len(weights))]
+    if outputs == "concatenated":
+        fused = concatenated(fused, weights, dtype)
     plain, multi = session(model, library), session(fused, library)
     for B, M in ((1, 1), (3, 1), (1, 40), (2, 7)):
         x = rng.standard_normal((B, M, weights[0].in_features)).astype(dtype)
         want, got = plain.run(None, {"X": x}), multi.run(None, {"X": x})
+        if outputs == "concatenated":
+            want = [np.concatenate(want, axis=-1)]
         for i, (a, b) in enumerate(zip(want, got)):
             assert b.dtype == dtype and b.shape == a.shape
             assert np.array_equal(a.view(np.uint16 if dtype == np.float16 else np.uint32),
@@ -98,7 +119,7 @@ def test_only_shared_inputs_fuse():
     node.input[0] = "X2"
     model.graph.input.append(helper.make_tensor_value_info("X2", 1, ["d0", 32]))
     fused = multi_weight.fuse_projections(model)
-    assert [n.op_type for n in fused.graph.node] == ["VQGemmMulti", "Split", "VQGemm"]
+    assert [n.op_type for n in fused.graph.node] == ["VQGemmMulti", "VQGemm"]
     assert multi_weight.fuse_projections(graph_of(w[:1], np.float32, 0)).graph.node[0].op_type == "VQGemm"
 
 
@@ -129,5 +150,11 @@ def test_bad_nodes_fail_session_creation(library):
     m.CopyFrom(fused)
     del m.graph.node[0].input[-1]                      # weight 1's perm
     with pytest.raises(Exception, match="VQGemmMulti.*inputs"):
+        session(m, library)
+    m = type(fused)()
+    m.CopyFrom(fused)
+    m.graph.node[0].output.append("Y9")                # 3 outputs for 2 weights
+    m.graph.output.append(helper.make_tensor_value_info("Y9", 1, None))
+    with pytest.raises(Exception, match="3 outputs; expected 1.*or 2"):
         session(m, library)
     assert node.op_type == "VQGemmMulti"

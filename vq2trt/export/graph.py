@@ -67,6 +67,8 @@ def check_vqgemm_nodes(graph) -> int:
             members = multi_weight.split_inputs(node.attrs, node.inputs[1:])
         except multi_weight.MultiWeightError as e:
             raise ExportError(f"{where}: {e}") from e
+        if len(node.outputs) not in (1, len(members)):
+            raise ExportError(f"{where}: {len(node.outputs)} outputs; expected 1 or {len(members)} (one per weight)")
         for w, (attrs, inputs) in enumerate(members):
             check_weight(f"{where}, weight {w}", attrs, inputs)
         count += len(members)

@@ -4,8 +4,9 @@ A decoder layer's q, k and v projections read one normalised hidden state, and s
 As separate VQGemm nodes each costs a node dispatch and a thread-pool hand-off; on a small model
 at batch 1 that fixed cost is a large share of the node (SmolLM2's 192 x 576 k/v projections:
 ~8 of ~13 µs on a 2-core AVX2 CPU). ``vq2trt.VQGemmMulti`` (docs/format.md §10) takes X and every
-member weight's inputs, in VQGemm's order one weight after another, and returns their outputs
-side by side along the last axis; a Split gives each consumer its slice back. Its per-weight
+member weight's inputs, in VQGemm's order one weight after another, and returns each weight's
+outputs (one output per weight, or one with their outputs side by side along the last axis, which
+GroupQueryAttention reads as packed q/k/v). Its per-weight
 attributes are VQGemm's INT attributes as INTS (one entry per weight), ``accuracy_level`` one INT.
 
 The weights keep their own permutations, codebooks and scales (VPTQ quantizes each on its own), so
@@ -16,8 +17,6 @@ library's CPU kernel only: TensorRT and ORT's CUDA EP run the unfused graph.
 from __future__ import annotations
 
 from collections import OrderedDict
-
-import numpy as np
 
 from vq2trt.export import op
 
@@ -45,7 +44,9 @@ def register_schema() -> None:
                                 param_option=S.FormalParameterOption.Variadic, is_homogeneous=False, min_arity=4)]
     schema_obj = S(
         OP_TYPE, op.DOMAIN, op.OP_VERSION, "Y = concat(VQGemm_w(X) for each weight w, axis=-1)", inputs=inputs,
-        outputs=[S.FormalParameter("Y", "T", "[..., sum of out_features], X's dtype")],
+        outputs=[S.FormalParameter("Y", "T", "one per weight ([..., out_features]), or one [..., sum of "
+                                   "out_features]; X's dtype", param_option=S.FormalParameterOption.Variadic,
+                                   is_homogeneous=True, min_arity=1)],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations"),
                           ("V", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(int32)"],
                            "X, packed indices, fp16 codebooks/scales, fp32 bias")],
@@ -60,14 +61,17 @@ def _infer(ctx) -> None:
     x = ctx.get_input_type(0)
     if x is None or not x.HasField("tensor_type"):
         return
-    y = onnx.TypeProto()
-    y.tensor_type.elem_type = x.tensor_type.elem_type
-    if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
-        y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
-        last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
-        last.Clear()
-        last.dim_value = int(sum(ctx.get_attribute("out_features").ints))
-    ctx.set_output_type(0, y)
+    widths = list(ctx.get_attribute("out_features").ints)
+    outs = ctx.get_num_outputs()
+    for i in range(outs):
+        y = onnx.TypeProto()
+        y.tensor_type.elem_type = x.tensor_type.elem_type
+        if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
+            y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
+            last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
+            last.Clear()
+            last.dim_value = int(sum(widths) if outs == 1 else widths[i])
+        ctx.set_output_type(i, y)
 
 
 def member_attrs(attrs: dict) -> list[dict]:
@@ -107,7 +111,9 @@ def split_inputs(attrs: dict, weights: list) -> list[tuple[dict, list]]:
 
 def fuse_projections(proto, min_group: int = 2):
     """The model proto with every set of >= min_group VQGemm nodes that share their X input (and
-    accuracy level) replaced by one VQGemmMulti node and a Split; returns a new proto."""
+    accuracy level) replaced by one VQGemmMulti node; returns a new proto. The node has one output
+    per weight (the old outputs' names), or one, [q | k | v], where a GroupQueryAttention reads
+    exactly those three as its query, key and value: it then takes them packed."""
     import onnx
     from onnx import helper
 
@@ -155,17 +161,14 @@ def fuse_projections(proto, min_group: int = 2):
                 attrs[name] = int(vals[0])
             else:
                 attrs[name] = [int(v) for v in vals]
-        out.graph.node.append(helper.make_node(OP_TYPE, inputs, [y], name=f"{stem}/multi", domain=op.DOMAIN,
-                                               **attrs))
         gqa = _packed_qkv_reader([n.output[0] for n, _ in members], consumers, graph_outputs)
-        if gqa is not None:                               # reads [q | k | v] as one packed input, no Split
+        if gqa is not None:                               # reads [q | k | v] as one packed input
             packed[gqa.output[0]] = y
-            continue
-        sizes = f"{stem}/multi_split"
-        out.graph.initializer.append(onnx.numpy_helper.from_array(
-            np.array([a["out_features"] for _, a in members], dtype=np.int64), sizes))
-        out.graph.node.append(helper.make_node("Split", [y, sizes], [n.output[0] for n, _ in members],
-                                               name=f"{stem}/split", axis=-1))
+            outputs = [y]
+        else:                                             # one output per weight, under its old name
+            outputs = [n.output[0] for n, _ in members]
+        out.graph.node.append(helper.make_node(OP_TYPE, inputs, outputs, name=f"{stem}/multi", domain=op.DOMAIN,
+                                               **attrs))
     for node in out.graph.node:
         if node.op_type == "GroupQueryAttention" and node.output[0] in packed:
             node.input[0], node.input[1], node.input[2] = packed[node.output[0]], "", ""

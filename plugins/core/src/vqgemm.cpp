@@ -448,16 +448,15 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   store_output(x_type, y32, M * p.dims.N, y);
 }
 
-void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* y,
-                   const ParallelFor& parallel) {
+namespace {
+
+// Weight w's outputs go to out[w] (in x_type elements) with rows ld[w] elements apart.
+void multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* const* out,
+           const int64_t* ld, const ParallelFor& parallel) {
   if (M <= 0 || count == 0) return;
-  int64_t total = 0;
-  for (size_t w = 0; w < count; ++w) {
+  for (size_t w = 0; w < count; ++w)
     if (ps[w]->dims.K != ps[0]->dims.K) throw std::invalid_argument("vq_gemm_multi: weights differ in K");
-    total += ps[w]->dims.N;
-  }
   thread_local std::vector<CallBuffers> bufs;
-  thread_local std::vector<float> y_all;
   if (bufs.size() < count) bufs.resize(count);
   struct TrimAll {
     std::vector<CallBuffers>& b;
@@ -466,38 +465,59 @@ void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const
       for (size_t w = 0; w < n; ++w) BufferTrim{b[w]};
     }
   } const trim{bufs, count};
-  // One activation row: each weight's outputs are a contiguous slice of y's row, so they are
-  // written in place; more rows interleave, so each weight fills its own [M, N] first.
-  const bool direct = M == 1 && x_type == DType::kFloat32;
   std::vector<Call> calls(count);
   std::vector<int64_t> first(count + 1, 0);
-  int64_t offset = 0;
+  // float32 rows as the kernels lay them out (one row, or rows N apart) are written in place;
+  // others are made in the weight's buffer and copied (converted) after.
+  auto direct = [&](size_t w) { return x_type == DType::kFloat32 && (M == 1 || ld[w] == ps[w]->dims.N); };
   for (size_t w = 0; w < count; ++w) {
     const int64_t N = ps[w]->dims.N;
-    float* y32 = static_cast<float*>(y) + offset;
-    if (!direct) {
+    float* y32 = static_cast<float*>(out[w]);
+    if (!direct(w)) {
       bufs[w].ybuf.resize(size_t(M * N));
       y32 = bufs[w].ybuf.data();
     }
     first[w + 1] = first[w] + prepare_call(*ps[w], x_type, x, M, y32, bufs[w], parallel, &calls[w]);
-    offset += N;
   }
   MultiCall mc{calls.data(), first.data(), count};
   parallel(run_multi, size_t(first[count]), &mc);
-  if (direct) return;
-  y_all.resize(size_t(M * total));
-  offset = 0;
   for (size_t w = 0; w < count; ++w) {
+    if (direct(w)) continue;
     const int64_t N = ps[w]->dims.N;
-    for (int64_t m = 0; m < M; ++m)
-      std::copy_n(bufs[w].ybuf.data() + m * N, N, y_all.data() + m * total + offset);
-    offset += N;
+    const size_t elem = x_type == DType::kFloat32 ? 4 : 2;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* src = bufs[w].ybuf.data() + m * N;
+      void* dst = static_cast<char*>(out[w]) + size_t(m * ld[w]) * elem;
+      if (x_type == DType::kFloat32)
+        std::copy_n(src, N, static_cast<float*>(dst));
+      else
+        store_output(x_type, src, N, dst);
+    }
   }
-  if (x_type == DType::kFloat32)
-    std::copy_n(y_all.data(), M * total, static_cast<float*>(y));
-  else
-    store_output(x_type, y_all.data(), M * total, y);
-  if (y_all.capacity() > (size_t(1) << 18)) std::vector<float>().swap(y_all);
+}
+
+}  // namespace
+
+void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* y,
+                   const ParallelFor& parallel) {
+  int64_t total = 0;
+  for (size_t w = 0; w < count; ++w) total += ps[w]->dims.N;
+  const size_t elem = x_type == DType::kFloat32 ? 4 : 2;
+  std::vector<void*> out(count);
+  std::vector<int64_t> ld(count, total);
+  int64_t offset = 0;
+  for (size_t w = 0; w < count; ++w) {
+    out[w] = static_cast<char*>(y) + size_t(offset) * elem;
+    offset += ps[w]->dims.N;
+  }
+  multi(ps, count, x_type, x, M, out.data(), ld.data(), parallel);
+}
+
+void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M,
+                   void* const* ys, const ParallelFor& parallel) {
+  std::vector<int64_t> ld(count);
+  for (size_t w = 0; w < count; ++w) ld[w] = ps[w]->dims.N;
+  multi(ps, count, x_type, x, M, ys, ld.data(), parallel);
 }
 
 }  // namespace vq2trt

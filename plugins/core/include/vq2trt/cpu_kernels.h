@@ -59,6 +59,9 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
 // weights must have the same K.
 void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* y,
                    const ParallelFor& parallel = ParallelFor());
+// The same with each weight's outputs in a tensor of its own: ys[w] is [M, N_w].
+void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M,
+                   void* const* ys, const ParallelFor& parallel = ParallelFor());
 
 // The scalar reference written from docs/format.md §5, accumulated in double; Y float32 [M, N].
 void vq_gemm_reference(const VQGemmDesc& w, const float* x, int64_t M, float* y);
