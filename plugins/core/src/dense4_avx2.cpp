@@ -106,11 +106,16 @@ void dense4_quantize(const float* x, int64_t count, int64_t blocks, int8_t* q, f
   const __m256 sign = _mm256_set1_ps(-0.f);
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t c0 = b * kDense4Block, cn = count - c0;
+    // Whole blocks straight from x; the last, partial one from a zero-padded copy.
     alignas(32) float t[kDense4Block] = {};
-    for (int64_t c = 0; c < kDense4Block && c < cn; ++c) t[c] = x[c0 + c];
+    const float* src = x + c0;
+    if (cn < kDense4Block) {
+      for (int64_t c = 0; c < cn; ++c) t[c] = x[c0 + c];
+      src = t;
+    }
     __m256 v[4], amax = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
     for (int i = 0; i < 4; ++i) {
-      v[i] = _mm256_load_ps(t + 8 * i);
+      v[i] = _mm256_loadu_ps(src + 8 * i);
       amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
       sum = _mm256_add_ps(sum, v[i]);
     }

@@ -253,6 +253,10 @@ void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t by
 // x' over the head columns (zero past col0), xhsum [M]: its sum.
 void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float* xh, const float* xhsum, int64_t M,
                  float* y, int64_t N, int64_t n0, int64_t n1);
+// x'[q] = x[perm[q]] · pscale[q] for q < K, and vqgemm.cpp's dot_f64 (same lanes, same sums):
+// prep_avx2.cpp.
+void permute_scale(const float* x, const int32_t* perm, const float* pscale, int64_t K, float* out);
+double dot_f64(const float* a, const float* b, int64_t n);
 // x[0, count) -> int8 per block of 32 (zero padded to blocks · 32) and sv (dense4_gemv's).
 void dense4_quantize(const float* x, int64_t count, int64_t blocks, int8_t* q, float* sv);
 // As avx512::unpack_index_bytes for every width but 9 (int8_avx2.cpp).

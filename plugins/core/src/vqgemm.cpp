@@ -260,9 +260,17 @@ void prep_rows(void* arg, size_t task) {
     }
     // The sequential pass first: it brings the row into L1 for the permuted reads (the other
     // order had the gather wait on L2 for 40 % of prep_rows in an AVX2 prefill profile).
-    if (!p.col_bias.empty()) c.rowconst[m] = float(dot_f64(xf, p.col_bias.data(), K));
     float* xo = c.xp + m * K;
-    for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
+#if VQ2TRT_X86
+    if (p.isa == Isa::kAvx2 || p.isa == Isa::kAvx512) {
+      if (!p.col_bias.empty()) c.rowconst[m] = float(avx2::dot_f64(xf, p.col_bias.data(), K));
+      avx2::permute_scale(xf, p.perm.data(), p.pscale.data(), K, xo);
+    } else
+#endif
+    {
+      if (!p.col_bias.empty()) c.rowconst[m] = float(dot_f64(xf, p.col_bias.data(), K));
+      for (int64_t q = 0; q < K; ++q) xo[q] = xf[p.perm[size_t(q)]] * p.pscale[size_t(q)];
+    }
 #if VQ2TRT_X86
     if (c.xq4) {
       const int64_t nb = p.dense4.blocks;
