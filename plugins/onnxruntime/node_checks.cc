@@ -77,6 +77,25 @@ void check_inputs(const VQGemmDims& d, const std::vector<InputInfo>& in) {
 }
 
 
+void infer_inputs(OrtShapeInferContext* ctx, std::vector<InputInfo>* in, std::vector<std::string>* x_symbols) {
+  const OrtApi& api = Ort::GetApi();
+  size_t n = 0;
+  Ort::ThrowOnError(api.ShapeInferContext_GetInputCount(ctx, &n));
+  for (size_t i = 0; i < n; ++i) {
+    OrtTensorTypeAndShapeInfo* raw = nullptr;
+    Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, i, &raw));
+    Ort::ConstTensorTypeAndShapeInfo info(raw);  // owned by the context, not by us
+    std::vector<int64_t> shape = info.GetShape();
+    const bool known = !shape.empty();
+    in->push_back({info.GetElementType(), std::move(shape), known});
+    if (i == 0 && info.GetDimensionsCount() > 0) {
+      std::vector<const char*> sym(info.GetDimensionsCount(), nullptr);
+      info.GetSymbolicDimensions(sym.data(), sym.size());
+      for (const char* c : sym) x_symbols->emplace_back(c ? c : "");
+    }
+  }
+}
+
 // Shape and dtype inference: Y takes X's dtype and shape [..., N]. ONNX Runtime treats a failure
 // here as a warning at most, so the kernel's constructor repeats the checks that must stop a
 // session (and Compute checks again, for inputs whose shapes were unknown until then).
@@ -94,23 +113,9 @@ OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept
       if (s) api.ReleaseStatus(s);
       return false;
     };
-    size_t n = 0;
-    Ort::ThrowOnError(api.ShapeInferContext_GetInputCount(ctx, &n));
     std::vector<InputInfo> in;
     std::vector<std::string> x_symbols;
-    for (size_t i = 0; i < n; ++i) {
-      OrtTensorTypeAndShapeInfo* raw = nullptr;
-      Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, i, &raw));
-      Ort::ConstTensorTypeAndShapeInfo info(raw);  // owned by the context, not by us
-      std::vector<int64_t> shape = info.GetShape();
-      const bool known = !shape.empty();
-      in.push_back({info.GetElementType(), std::move(shape), known});
-      if (i == 0 && info.GetDimensionsCount() > 0) {
-        std::vector<const char*> sym(info.GetDimensionsCount(), nullptr);
-        info.GetSymbolicDimensions(sym.data(), sym.size());
-        for (const char* s : sym) x_symbols.emplace_back(s ? s : "");
-      }
-    }
+    infer_inputs(ctx, &in, &x_symbols);
     if (in.empty()) fail("the node has no inputs; X comes first");
     // Y's type before anything can fail: ORT guessed it from the last multi-typed input, and a
     // wrong guess would hide the message below (a bad attribute, say) behind a type mismatch on Y.

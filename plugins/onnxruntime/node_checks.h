@@ -58,6 +58,9 @@ DType x_dtype(ONNXTensorElementDataType t);
 // Allocates Y = X's shape with the last dim N; *rows = the product of X's leading dims.
 Ort::UnownedValue output(Ort::KernelContext& ctx, std::vector<int64_t> x_shape, int64_t N, int64_t* rows);
 
+// Shape inference's view of the node's inputs: type and shape of each (known: the rank is), and
+// X's symbolic dimensions (ORT reads a bare -1 in an output shape as a value, not as unknown).
+void infer_inputs(OrtShapeInferContext* ctx, std::vector<InputInfo>* in, std::vector<std::string>* x_symbols);
 // Shape and dtype inference, shared by both ops (OrtCustomOp::InferOutputShapeFn).
 OrtStatusPtr infer_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept;
 // Input type table: X and the optional inputs are typed per node.

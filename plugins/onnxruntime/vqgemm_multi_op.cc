@@ -185,23 +185,9 @@ OrtStatusPtr infer_multi_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) no
       size_t len = 0;
       return read(name, ORT_OP_ATTR_INT, out, sizeof(*out), &len);
     };
-    size_t n = 0;
-    Ort::ThrowOnError(api.ShapeInferContext_GetInputCount(ctx, &n));
     std::vector<InputInfo> in;
-    std::vector<std::string> x_symbols;  // X's symbolic dims: Y keeps them (a bare -1 is not "unknown")
-    for (size_t i = 0; i < n; ++i) {
-      OrtTensorTypeAndShapeInfo* raw = nullptr;
-      Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, i, &raw));
-      Ort::ConstTensorTypeAndShapeInfo t(raw);
-      std::vector<int64_t> shape = t.GetShape();
-      const bool known = !shape.empty();
-      in.push_back({t.GetElementType(), std::move(shape), known});
-      if (i == 0 && t.GetDimensionsCount() > 0) {
-        std::vector<const char*> sym(t.GetDimensionsCount(), nullptr);
-        t.GetSymbolicDimensions(sym.data(), sym.size());
-        for (const char* c : sym) x_symbols.emplace_back(c ? c : "");
-      }
-    }
+    std::vector<std::string> x_symbols;  // Y keeps them
+    infer_inputs(ctx, &in, &x_symbols);
     auto set_shape = [&](OrtTensorTypeAndShapeInfo* out, int64_t last, const char* last_symbol) {
       std::vector<int64_t> y_shape = in[0].shape;
       y_shape.back() = last;

@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from .conftest import _quantized, DEFAULT, FEATURES, sample_batch
+from .conftest import DEFAULT, FEATURES, _quantized, sample_batch
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

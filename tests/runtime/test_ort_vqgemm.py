@@ -36,15 +36,6 @@ TOL_INT8 = 5e-3
 TOL_INT8_HEAVY = 5e-3
 
 
-@pytest.fixture(scope="module")
-def library() -> str:
-    from vq2trt.runtime.library import LibraryNotFound, get_library_path
-    try:
-        return str(get_library_path())
-    except LibraryNotFound as e:
-        pytest.fail(f"{e}. Run `make plugins` (make test does it first).")
-
-
 def session(model, library):
     so = ort.SessionOptions()
     so.register_custom_ops_library(library)

@@ -7,9 +7,6 @@ row counts, Dense4 on and off; bad nodes fail session creation with a message na
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -17,18 +14,9 @@ import pytest
 
 from vq2trt.export import multi_weight, op
 
-from .test_ort_vqgemm import random_weight
+from .test_ort_vqgemm import random_weight, session
 
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def library() -> str:
-    from vq2trt.runtime.library import LibraryNotFound, get_library_path
-    try:
-        return str(get_library_path())
-    except LibraryNotFound as e:
-        pytest.fail(f"{e}. Run `make plugins` (make test does it first).")
 
 
 def graph_of(weights, dtype, level, rank=2):
@@ -48,13 +36,6 @@ def graph_of(weights, dtype, level, rank=2):
                               outs, initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
                                                    helper.make_opsetid(op.DOMAIN, op.OP_VERSION)])
-
-
-def session(model, library):
-    so = ort.SessionOptions()
-    so.register_custom_ops_library(library)
-    so.intra_op_num_threads = 2
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 SETS = {

@@ -56,22 +56,13 @@ def register_schema() -> None:
 
 
 def _infer(ctx) -> None:
-    import onnx
-
     x = ctx.get_input_type(0)
     if x is None or not x.HasField("tensor_type"):
         return
     widths = list(ctx.get_attribute("out_features").ints)
     outs = ctx.get_num_outputs()
     for i in range(outs):
-        y = onnx.TypeProto()
-        y.tensor_type.elem_type = x.tensor_type.elem_type
-        if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
-            y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
-            last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
-            last.Clear()
-            last.dim_value = int(sum(widths) if outs == 1 else widths[i])
-        ctx.set_output_type(i, y)
+        ctx.set_output_type(i, op.like_x(x, sum(widths) if outs == 1 else widths[i]))
 
 
 def member_attrs(attrs: dict) -> list[dict]:

@@ -147,23 +147,28 @@ def register_onnx_schema() -> None:
     defs.register_schema(schema_obj)
 
 
+def like_x(x, last: int):
+    """An ONNX TypeProto: x's element type and shape with the last dimension set to ``last``."""
+    import onnx
+
+    y = onnx.TypeProto()
+    y.tensor_type.elem_type = x.tensor_type.elem_type
+    if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
+        y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
+        dim = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
+        dim.Clear()
+        dim.dim_value = int(last)
+    return y
+
+
 def infer_last_dim(attr: str):
     """An ONNX shape inference function: Y gets input 0's element type and shape with the last
     dimension replaced by the int attribute ``attr``."""
 
     def infer(ctx) -> None:
-        import onnx
-
         x = ctx.get_input_type(0)
         if x is None or not x.HasField("tensor_type"):
             return
-        y = onnx.TypeProto()
-        y.tensor_type.elem_type = x.tensor_type.elem_type
-        if x.tensor_type.HasField("shape") and len(x.tensor_type.shape.dim):
-            y.tensor_type.shape.CopyFrom(x.tensor_type.shape)
-            last = y.tensor_type.shape.dim[len(y.tensor_type.shape.dim) - 1]
-            last.Clear()
-            last.dim_value = ctx.get_attribute(attr).i
-        ctx.set_output_type(0, y)
+        ctx.set_output_type(0, like_x(x, ctx.get_attribute(attr).i))
 
     return infer
