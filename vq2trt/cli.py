@@ -19,6 +19,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.evaluate import EvalError
     from vq2trt.export.embedding import EmbeddingError
     from vq2trt.export.graph import ExportError
+    from vq2trt.export.multi_weight import MultiWeightError
+    from vq2trt.export.ort_contrib import OrtContribError
     from vq2trt.families import UnsupportedModelError
     from vq2trt.format import FormatError
     from vq2trt.io import CheckpointError
@@ -28,7 +30,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from vq2trt.streaming import StreamError
     return ConfigError, FormatError, CheckpointError, ModelLoadError, DataError, EvalError, QuantizeError, \
         ExportError, EmbeddingError, RunError, DistillError, UnsupportedModelError, FileNotFoundError, \
-        StreamError, DistError
+        StreamError, DistError, OrtContribError, MultiWeightError
 
 
 def _work_dir(out: Path) -> Path:

@@ -78,3 +78,26 @@ def test_basic_graph_refuses_before_writing(tmp_path):
     with pytest.raises(MultiWeightError, match="ONNX Runtime's CPU EP.*fused.*ort"):
         export_onnx(_quantized(DEFAULT), tmp_path / "m", ops="basic", fuse_projections=True)
     assert not (tmp_path / "m").exists()
+
+
+def test_cli_refusals_are_one_line(tmp_path, capsys):
+    """`vq2trt export --fuse-projections --ops basic`, and --ops ort on a sliding-window model, end
+    with the reason on one line (exit 2), no traceback."""
+    import transformers as T
+
+    from tests.pipeline.tiny import save_tiny
+    from vq2trt.cli import main
+
+    model = save_tiny(tmp_path / "model")
+    assert main(["export", str(model), "--out", str(tmp_path / "a"), "--ops", "basic", "--fuse-projections"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vq2trt: error: ") and "ONNX Runtime's CPU EP" in last and "Traceback" not in err
+    mistral = T.MistralForCausalLM(T.MistralConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, sliding_window=4)).eval()
+    mistral.save_pretrained(tmp_path / "mistral")
+    assert main(["export", str(tmp_path / "mistral"), "--out", str(tmp_path / "b"), "--ops", "ort"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("vq2trt: error: ") and "sliding-window" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
