@@ -104,6 +104,13 @@ VQGemmMultiKernel::VQGemmMultiKernel(const OrtApi& api, const OrtKernelInfo* inf
   dims_ = read_multi_attributes(get_ints, get_int, &level);
   check_multi_inputs(dims_, kernel_input_infos(info));
   Ort::ConstKernelInfo ki(info);
+  std::string version = kPluginVersion;  // optional, as for VQGemm
+  try {
+    version = ki.GetAttribute<std::string>("plugin_version");
+  } catch (const Ort::Exception&) {
+  }
+  if (version != kPluginVersion)
+    fail(std::string(kMultiOpName) + ": plugin_version must be \"1\", got \"" + version + "\"");
   const size_t outputs = ki.GetOutputCount();
   if (outputs != 1 && outputs != dims_.size())
     fail(std::string(kMultiOpName) + ": the node has " + std::to_string(outputs) + " outputs; expected 1 (the " +

@@ -127,6 +127,8 @@ def test_bad_nodes_fail_session_creation(library):
         session(with_attr("num_centroids", [256]), library)
     with pytest.raises(Exception, match="weight 1.*in_features 48 differs"):
         session(with_attr("in_features", [32, 48]), library)
+    with pytest.raises(Exception, match='plugin_version must be "1", got "2"'):
+        session(with_attr("plugin_version", "2"), library)
     m = type(fused)()
     m.CopyFrom(fused)
     del m.graph.node[0].input[-1]                      # weight 1's perm
