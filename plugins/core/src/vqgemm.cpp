@@ -324,17 +324,19 @@ struct CallBuffers {
 };
 
 // Frees the buffers that outgrew decode sizes when a call ends (normal return or exception).
+void trim_buffers(CallBuffers& b) {
+  constexpr size_t kKeep = size_t(1) << 18;  // elements (1 MiB of float): decode stays far below
+  auto trim = [](auto& v) {
+    if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
+  };
+  trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
+  trim(b.sxh), trim(b.xsumh), trim(b.sv4), trim(b.xq4), trim(b.xh4), trim(b.xhsum4);
+  trim(b.rowconst);
+}
+
 struct BufferTrim {
   CallBuffers& b;
-  ~BufferTrim() {
-    constexpr size_t kKeep = size_t(1) << 18;  // elements (1 MiB of float): decode stays far below
-    auto trim = [](auto& v) {
-      if (v.capacity() > kKeep) std::decay_t<decltype(v)>().swap(v);
-    };
-    trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
-    trim(b.sxh), trim(b.xsumh), trim(b.sv4), trim(b.xq4), trim(b.xh4), trim(b.xhsum4);
-    trim(b.rowconst);
-  }
+  ~BufferTrim() { trim_buffers(b); }
 };
 
 // One weight's share of a call: its activation preparation (done by prepare_call) and the Call
@@ -437,6 +439,66 @@ void run_multi(void* arg, size_t task) {
   run_rows(const_cast<Call*>(&c.calls[w]), size_t(int64_t(task) - c.first[w]));
 }
 
+// A multi-weight call's per-thread state, kept between calls as CallBuffers are (vq_gemm): each
+// weight's buffers and Call, where its tasks start in the one task list, its output and row stride.
+struct MultiScratch {
+  std::vector<CallBuffers> bufs;
+  std::vector<Call> calls;
+  std::vector<int64_t> first, ld;
+  std::vector<void*> out;
+};
+
+MultiScratch& multi_scratch(size_t count) {
+  thread_local MultiScratch s;
+  if (s.bufs.size() < count) s.bufs.resize(count);
+  s.calls.resize(count);
+  s.first.assign(count + 1, 0);
+  s.ld.resize(count);
+  s.out.resize(count);
+  return s;
+}
+
+// Weight w's outputs go to s.out[w] (in x_type elements) with rows s.ld[w] elements apart.
+void multi(MultiScratch& s, const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M,
+           const ParallelFor& parallel) {
+  for (size_t w = 0; w < count; ++w)
+    if (ps[w]->dims.K != ps[0]->dims.K) throw std::invalid_argument("vq_gemm_multi: weights differ in K");
+  struct TrimAll {
+    std::vector<CallBuffers>& b;
+    size_t n;
+    ~TrimAll() {
+      for (size_t w = 0; w < n; ++w) trim_buffers(b[w]);
+    }
+  } const trim{s.bufs, count};
+  // float32 rows as the kernels lay them out (one row, or rows N apart) are written in place;
+  // others are made in the weight's buffer and copied (converted) after.
+  auto direct = [&](size_t w) { return x_type == DType::kFloat32 && (M == 1 || s.ld[w] == ps[w]->dims.N); };
+  for (size_t w = 0; w < count; ++w) {
+    const int64_t N = ps[w]->dims.N;
+    float* y32 = static_cast<float*>(s.out[w]);
+    if (!direct(w)) {
+      s.bufs[w].ybuf.resize(size_t(M * N));
+      y32 = s.bufs[w].ybuf.data();
+    }
+    s.first[w + 1] = s.first[w] + prepare_call(*ps[w], x_type, x, M, y32, s.bufs[w], parallel, &s.calls[w]);
+  }
+  MultiCall mc{s.calls.data(), s.first.data(), count};
+  parallel(run_multi, size_t(s.first[count]), &mc);
+  const size_t elem = x_type == DType::kFloat32 ? 4 : 2;
+  for (size_t w = 0; w < count; ++w) {
+    if (direct(w)) continue;
+    const int64_t N = ps[w]->dims.N;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* src = s.bufs[w].ybuf.data() + m * N;
+      void* dst = static_cast<char*>(s.out[w]) + size_t(m * s.ld[w]) * elem;
+      if (x_type == DType::kFloat32)
+        std::copy_n(src, N, static_cast<float*>(dst));
+      else
+        store_output(x_type, src, N, dst);
+    }
+  }
+}
+
 }  // namespace
 
 void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y, const ParallelFor& parallel) {
@@ -456,76 +518,28 @@ void vq_gemm(const Prepacked& p, DType x_type, const void* x, int64_t M, void* y
   store_output(x_type, y32, M * p.dims.N, y);
 }
 
-namespace {
-
-// Weight w's outputs go to out[w] (in x_type elements) with rows ld[w] elements apart.
-void multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* const* out,
-           const int64_t* ld, const ParallelFor& parallel) {
-  if (M <= 0 || count == 0) return;
-  for (size_t w = 0; w < count; ++w)
-    if (ps[w]->dims.K != ps[0]->dims.K) throw std::invalid_argument("vq_gemm_multi: weights differ in K");
-  thread_local std::vector<CallBuffers> bufs;
-  if (bufs.size() < count) bufs.resize(count);
-  struct TrimAll {
-    std::vector<CallBuffers>& b;
-    size_t n;
-    ~TrimAll() {
-      for (size_t w = 0; w < n; ++w) BufferTrim{b[w]};
-    }
-  } const trim{bufs, count};
-  std::vector<Call> calls(count);
-  std::vector<int64_t> first(count + 1, 0);
-  // float32 rows as the kernels lay them out (one row, or rows N apart) are written in place;
-  // others are made in the weight's buffer and copied (converted) after.
-  auto direct = [&](size_t w) { return x_type == DType::kFloat32 && (M == 1 || ld[w] == ps[w]->dims.N); };
-  for (size_t w = 0; w < count; ++w) {
-    const int64_t N = ps[w]->dims.N;
-    float* y32 = static_cast<float*>(out[w]);
-    if (!direct(w)) {
-      bufs[w].ybuf.resize(size_t(M * N));
-      y32 = bufs[w].ybuf.data();
-    }
-    first[w + 1] = first[w] + prepare_call(*ps[w], x_type, x, M, y32, bufs[w], parallel, &calls[w]);
-  }
-  MultiCall mc{calls.data(), first.data(), count};
-  parallel(run_multi, size_t(first[count]), &mc);
-  for (size_t w = 0; w < count; ++w) {
-    if (direct(w)) continue;
-    const int64_t N = ps[w]->dims.N;
-    const size_t elem = x_type == DType::kFloat32 ? 4 : 2;
-    for (int64_t m = 0; m < M; ++m) {
-      const float* src = bufs[w].ybuf.data() + m * N;
-      void* dst = static_cast<char*>(out[w]) + size_t(m * ld[w]) * elem;
-      if (x_type == DType::kFloat32)
-        std::copy_n(src, N, static_cast<float*>(dst));
-      else
-        store_output(x_type, src, N, dst);
-    }
-  }
-}
-
-}  // namespace
-
 void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M, void* y,
                    const ParallelFor& parallel) {
+  if (M <= 0 || count == 0) return;
+  MultiScratch& s = multi_scratch(count);
   int64_t total = 0;
   for (size_t w = 0; w < count; ++w) total += ps[w]->dims.N;
   const size_t elem = x_type == DType::kFloat32 ? 4 : 2;
-  std::vector<void*> out(count);
-  std::vector<int64_t> ld(count, total);
   int64_t offset = 0;
   for (size_t w = 0; w < count; ++w) {
-    out[w] = static_cast<char*>(y) + size_t(offset) * elem;
+    s.out[w] = static_cast<char*>(y) + size_t(offset) * elem;
+    s.ld[w] = total;
     offset += ps[w]->dims.N;
   }
-  multi(ps, count, x_type, x, M, out.data(), ld.data(), parallel);
+  multi(s, ps, count, x_type, x, M, parallel);
 }
 
 void vq_gemm_multi(const Prepacked* const* ps, size_t count, DType x_type, const void* x, int64_t M,
                    void* const* ys, const ParallelFor& parallel) {
-  std::vector<int64_t> ld(count);
-  for (size_t w = 0; w < count; ++w) ld[w] = ps[w]->dims.N;
-  multi(ps, count, x_type, x, M, ys, ld.data(), parallel);
+  if (M <= 0 || count == 0) return;
+  MultiScratch& s = multi_scratch(count);
+  for (size_t w = 0; w < count; ++w) s.out[w] = ys[w], s.ld[w] = ps[w]->dims.N;
+  multi(s, ps, count, x_type, x, M, parallel);
 }
 
 }  // namespace vq2trt
