@@ -13,7 +13,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     model, tok, quantized = _load_any(a.checkpoint, "cpu")
     out = export_onnx(model, a.out, accuracy_level=a.accuracy_level, overwrite=a.overwrite, tokenizer=tok,
                       source=a.checkpoint, dtype=a.dtype, embedding=a.embedding, ops=a.ops, logits=a.logits,
-                      fuse_projections=a.fuse_projections)
+                      fuse_projections=a.fuse_projections, fold_layer_ops=not a.keep_layer_ops)
     import onnx
 
     proto = onnx.load(str(Path(out) / "model.onnx"), load_external_data=False)
@@ -197,8 +197,11 @@ def add_parsers(sub) -> None:
                         "position only, what generation reads (a 128-token prefill skips 127 lm_head rows)")
     x.add_argument("--fuse-projections", action="store_true",
                    help="one VQGemmMulti node for the quantized Linears that read the same input (q/k/v, "
-                        "gate/up): fewer nodes and thread-pool hand-offs, same outputs; ONNX Runtime's CPU EP "
-                        "only (needs --ops fused or ort)")
+                        "gate/up), with the RMS norm before it and SwiGLU after gate/up folded in: fewer nodes "
+                        "and thread-pool hand-offs; ONNX Runtime's CPU EP only (needs --ops fused or ort)")
+    x.add_argument("--keep-layer-ops", action="store_true",
+                   help="with --fuse-projections: leave the norms and SwiGLU as nodes of their own (then the "
+                        "logits are the unfused export's bytes; folded, they differ by float rounding)")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 

@@ -3,8 +3,10 @@
 // node's inputs would be, and the weights (initializers only) are prepacked at session creation.
 #include "vqgemm_multi_op.h"
 
+#include <algorithm>
 #include <string>
 
+#include "vq2trt/layer_ops.h"
 #include "vq2trt/op_schema.h"
 
 namespace vq2trt::ort {
@@ -18,19 +20,22 @@ void run_on_pool(void* ctx, ParallelFor::TaskFn fn, size_t n_tasks, void* arg) {
 
 std::string weight_name(size_t w) { return "weight " + std::to_string(w) + ": "; }
 
-// Where weight w's inputs start among the node's inputs (X is input 0), for each w and the end.
-std::vector<size_t> input_offsets(const std::vector<VQGemmDims>& dims) {
-  std::vector<size_t> first{1};
+// Where weight w's inputs start among the node's inputs (X is input 0, then the layer ops'
+// inputs), for each w and the end.
+std::vector<size_t> input_offsets(const std::vector<VQGemmDims>& dims, const LayerOps& lo) {
+  std::vector<size_t> first{1 + lo.extra_inputs()};
   for (const VQGemmDims& d : dims) first.push_back(first.back() + weight_input_specs(d).size());
   return first;
 }
 
 // Each weight's inputs against its dims, as check_inputs does for one VQGemm node (X included).
-void check_multi_inputs(const std::vector<VQGemmDims>& dims, const std::vector<InputInfo>& in) {
-  const std::vector<size_t> first = input_offsets(dims);
+void check_multi_inputs(const std::vector<VQGemmDims>& dims, const LayerOps& lo, const std::vector<InputInfo>& in) {
+  const std::vector<size_t> first = input_offsets(dims, lo);
   if (in.size() != first.back())
-    fail(std::string(kMultiOpName) + ": the attributes call for " + std::to_string(first.back()) +
-         " inputs (X and " + std::to_string(dims.size()) + " weights), the node has " + std::to_string(in.size()));
+    fail(std::string(kMultiOpName) + ": the attributes call for " + std::to_string(first.back()) + " inputs (X, " +
+         (lo.prenorm == 2 ? "skip, gamma, " : lo.prenorm == 1 ? "gamma, " : "") + std::to_string(dims.size()) +
+         " weights), the node has " + std::to_string(in.size()));
+  check_layer_inputs(lo, in, dims[0].K);
   for (size_t w = 0; w < dims.size(); ++w) {
     std::vector<InputInfo> group{in[0]};
     group.insert(group.end(), in.begin() + long(first[w]), in.begin() + long(first[w + 1]));
@@ -82,6 +87,32 @@ std::vector<VQGemmDims> read_multi_attributes(GetInts get_ints, GetInt get_int, 
   return dims;
 }
 
+// The layer-op attributes, read by get_int / get_float / get_string (name, &value) -> found.
+template <typename GetInt, typename GetFloat, typename GetString>
+LayerOps read_layer_ops(GetInt get_int, GetFloat get_float, GetString get_string, const std::vector<VQGemmDims>& dims) {
+  int64_t prenorm = 0;
+  float epsilon = 1e-5f;
+  std::string activation;
+  get_int("prenorm", &prenorm);
+  get_float("epsilon", &epsilon);
+  get_string("activation", &activation);
+  return make_layer_ops(prenorm, epsilon, activation, dims);
+}
+
+// Per-thread buffers of a call (normalised X, gate/up before SwiGLU), kept between calls as
+// vq_gemm's are; a prefill's large ones are freed after.
+struct LayerBuffers {
+  std::vector<char> xn, gu;
+};
+
+struct LayerTrim {
+  LayerBuffers& b;
+  ~LayerTrim() {
+    for (std::vector<char>* v : {&b.xn, &b.gu})
+      if (v->capacity() > (size_t(1) << 20)) std::vector<char>().swap(*v);
+  }
+};
+
 }  // namespace
 
 VQGemmMultiKernel::VQGemmMultiKernel(const OrtApi& api, const OrtKernelInfo* info) {
@@ -100,10 +131,24 @@ VQGemmMultiKernel::VQGemmMultiKernel(const OrtApi& api, const OrtKernelInfo* inf
     if (s) api.ReleaseStatus(s);
     return s == nullptr;
   };
+  auto get_float = [&](const char* name, float* out) {
+    OrtStatus* s = api.KernelInfoGetAttribute_float(info, name, out);
+    if (s) api.ReleaseStatus(s);
+    return s == nullptr;
+  };
+  Ort::ConstKernelInfo ki(info);
+  auto get_string = [&](const char* name, std::string* out) {
+    try {
+      *out = ki.GetAttribute<std::string>(name);
+      return true;
+    } catch (const Ort::Exception&) {
+      return false;
+    }
+  };
   int level = 0;
   dims_ = read_multi_attributes(get_ints, get_int, &level);
-  check_multi_inputs(dims_, kernel_input_infos(info));
-  Ort::ConstKernelInfo ki(info);
+  lo_ = read_layer_ops(get_int, get_float, get_string, dims_);
+  check_multi_inputs(dims_, lo_, kernel_input_infos(info));
   std::string version = kPluginVersion;  // optional, as for VQGemm
   try {
     version = ki.GetAttribute<std::string>("plugin_version");
@@ -111,13 +156,8 @@ VQGemmMultiKernel::VQGemmMultiKernel(const OrtApi& api, const OrtKernelInfo* inf
   }
   if (version != kPluginVersion)
     fail(std::string(kMultiOpName) + ": plugin_version must be \"1\", got \"" + version + "\"");
-  const size_t outputs = ki.GetOutputCount();
-  if (outputs != 1 && outputs != dims_.size())
-    fail(std::string(kMultiOpName) + ": the node has " + std::to_string(outputs) + " outputs; expected 1 (the " +
-         std::to_string(dims_.size()) + " weights' outputs concatenated) or " + std::to_string(dims_.size()) +
-         " (one per weight)");
-  separate_ = outputs > 1;
-  const std::vector<size_t> first = input_offsets(dims_);
+  separate_ = main_outputs(lo_, ki.GetOutputCount(), dims_.size()) > 1;
+  const std::vector<size_t> first = input_offsets(dims_, lo_);
   for (size_t w = 0; w < dims_.size(); ++w) {
     std::vector<Ort::ConstValue> values;
     for (size_t i = first[w]; i < first[w + 1]; ++i) {
@@ -146,27 +186,65 @@ OrtStatusPtr VQGemmMultiKernel::ComputeV2(OrtKernelContext* context) {
     auto info = xv.GetTensorTypeAndShapeInfo();
     const InputInfo x{info.GetElementType(), info.GetShape()};
     check_x(dims_[0], x);
-    int64_t M = 0;
+    const DType t = x_dtype(x.type);
+    const size_t elem = t == DType::kFloat32 ? 4 : 2;
+    const int64_t K = dims_[0].K;
+    int64_t M = 1;
+    for (size_t i = 0; i + 1 < x.shape.size(); ++i) M *= x.shape[i];
     ParallelFor par;
     par.run = run_on_pool;
     par.ctx = ctx.GetOrtKernelContext();
+    thread_local LayerBuffers buf;
+    const LayerTrim trim{buf};
+    const void* xin = xv.GetTensorRawData();
+    if (lo_.prenorm > 0) {
+      std::vector<InputInfo> in{x};
+      std::vector<Ort::ConstValue> vals;
+      for (size_t i = 1; i <= lo_.extra_inputs(); ++i) {
+        vals.push_back(ctx.GetInput(i));
+        if (!vals.back())
+          fail("VQGemmMulti: input " + std::to_string(i) + (lo_.prenorm == 2 && i == 1 ? " (skip)" : " (gamma)") +
+               " is missing");
+        auto vi = vals.back().GetTensorTypeAndShapeInfo();
+        in.push_back({vi.GetElementType(), vi.GetShape()});
+      }
+      check_layer_inputs(lo_, in, K);
+      void* sum = nullptr;
+      if (lo_.prenorm == 2) {
+        const size_t index = (separate_ ? dims_.size() : 1);
+        sum = ctx.GetOutput(index, x.shape.data(), x.shape.size()).GetTensorMutableRawData();
+      }
+      buf.xn.resize(size_t(M * K) * elem);
+      if (M > 0)
+        rms_norm(t, xin, lo_.prenorm == 2 ? vals[0].GetTensorRawData() : nullptr, vals.back().GetTensorRawData(),
+                 lo_.epsilon, M, K, buf.xn.data(), sum, par);
+      xin = buf.xn.data();
+    }
+    if (lo_.swiglu) {
+      const int64_t N = dims_[0].N;
+      std::vector<int64_t> shape = x.shape;
+      shape.back() = N;
+      void* y = ctx.GetOutput(0, shape.data(), shape.size()).GetTensorMutableRawData();
+      if (M == 0) return;
+      buf.gu.resize(size_t(M * 2 * N) * elem);
+      vq_gemm_multi(raw_.data(), raw_.size(), t, xin, M, buf.gu.data(), par);
+      silu_mul(t, buf.gu.data(), M, N, y, detect_isa(), par);
+      return;
+    }
     if (!separate_) {
       Ort::UnownedValue y = output(ctx, x.shape, total_n_, &M);
       if (M == 0) return;
-      vq_gemm_multi(raw_.data(), raw_.size(), x_dtype(x.type), xv.GetTensorRawData(), M,
-                    y.GetTensorMutableRawData(), par);
+      vq_gemm_multi(raw_.data(), raw_.size(), t, xin, M, y.GetTensorMutableRawData(), par);
       return;
     }
     std::vector<void*> ys;
     for (size_t w = 0; w < dims_.size(); ++w) {
       std::vector<int64_t> shape = x.shape;
-      M = 1;
-      for (size_t i = 0; i + 1 < shape.size(); ++i) M *= shape[i];
       shape.back() = dims_[w].N;
       ys.push_back(ctx.GetOutput(w, shape.data(), shape.size()).GetTensorMutableRawData());
     }
     if (M == 0) return;
-    vq_gemm_multi(raw_.data(), raw_.size(), x_dtype(x.type), xv.GetTensorRawData(), M, ys.data(), par);
+    vq_gemm_multi(raw_.data(), raw_.size(), t, xin, M, ys.data(), par);
   });
 }
 
@@ -192,6 +270,18 @@ OrtStatusPtr infer_multi_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) no
       size_t len = 0;
       return read(name, ORT_OP_ATTR_INT, out, sizeof(*out), &len);
     };
+    auto get_float = [&](const char* name, float* out) {
+      size_t len = 0;
+      return read(name, ORT_OP_ATTR_FLOAT, out, sizeof(*out), &len);
+    };
+    auto get_string = [&](const char* name, std::string* out) {
+      size_t len = 0;
+      std::string buf(256, '\0');
+      if (!read(name, ORT_OP_ATTR_STRING, buf.data(), buf.size(), &len)) return false;
+      buf.resize(std::min(len, buf.size()));
+      *out = buf;
+      return true;
+    };
     std::vector<InputInfo> in;
     std::vector<std::string> x_symbols;  // Y keeps them
     infer_inputs(ctx, &in, &x_symbols);
@@ -210,25 +300,35 @@ OrtStatusPtr infer_multi_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) no
     Ort::TensorTypeAndShapeInfo owned(out);
     Ort::ThrowOnError(api.SetTensorElementType(out, in[0].type));
     // X's rank before anything can fail: the nodes after need it. Whether the node has one output
-    // or one per weight, the context does not say: setting output 1 tells.
+    // or one per weight, the context does not say: setting output 1 (2 after a sum output) tells.
+    int64_t prenorm = 0;
+    get_int("prenorm", &prenorm);
+    const size_t extra = prenorm == 2 ? 1 : 0;
     if (in[0].known) set_shape(out, -1, "vqgemm_multi_out");
     Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, out));
     bool separate = false;
-    if (OrtStatus* st = api.ShapeInferContext_SetOutputTypeShape(ctx, 1, out))
+    if (OrtStatus* st = api.ShapeInferContext_SetOutputTypeShape(ctx, 1 + extra, out))
       api.ReleaseStatus(st);
     else
       separate = true;
     int level = 0;
     const std::vector<VQGemmDims> dims = read_multi_attributes(get_ints, get_int, &level);
+    const LayerOps lo = read_layer_ops(get_int, get_float, get_string, dims);
+    const size_t mains = separate ? dims.size() : 1;
     if (in[0].known) {
       int64_t total = 0;
       for (const VQGemmDims& d : dims) total += d.N;
-      for (size_t w = 0; w < (separate ? dims.size() : 1); ++w) {
+      if (lo.swiglu) total = dims[0].N;
+      for (size_t w = 0; w < mains; ++w) {
         set_shape(out, separate ? dims[w].N : total, "");
         Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, w, out));
       }
+      if (extra) {  // X + skip: X's shape
+        set_shape(out, in[0].shape.back(), x_symbols.empty() ? "" : x_symbols.back().c_str());
+        Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, mains, out));
+      }
     }
-    check_multi_inputs(dims, in);
+    check_multi_inputs(dims, lo, in);
     return nullptr;
   } catch (const Ort::Exception& e) {
     return to_status(e.GetOrtErrorCode(), e.what());

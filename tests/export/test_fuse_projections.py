@@ -1,8 +1,9 @@
 """`export --fuse-projections`: q/k/v and gate/up as one VQGemmMulti node each (GroupQueryAttention
-reading q/k/v packed, with no Split). The graph's logits
-must be the unfused export's, bit for bit (each weight's slice is the bytes its VQGemm node
-gives), in ONNX Runtime's step API, `vq2trt run`'s shared-cache loop and ORT GenAI; the basic
-(TensorRT) graph refuses the option before anything is written."""
+reading q/k/v packed, with no Split). With the layer ops kept as nodes the graph's logits must be
+the unfused export's, bit for bit (each weight's slice is the bytes its VQGemm node gives), in
+ONNX Runtime's step API, `vq2trt run`'s shared-cache loop and ORT GenAI; with the norms and SwiGLU
+folded in (the default) they must match up to float rounding and leave no norm or SwiGLU node.
+The basic (TensorRT) graph refuses the option before anything is written."""
 
 from __future__ import annotations
 
@@ -19,18 +20,19 @@ ort = pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module", params=["default", "features"])
 def pair(request, tmp_path_factory):
-    """(model, unfused ort export, fused ort export)."""
+    """(model, unfused ort export, fused ort export with the layer ops kept, fused and folded)."""
     from vq2trt.export.onnx_export import export_onnx
 
     model = _quantized(DEFAULT) if request.param == "default" else _quantized(FEATURES, attention_bias=True)
     base = tmp_path_factory.mktemp(f"fuse-{request.param}")
     export_onnx(model, base / "plain", ops="ort")
-    export_onnx(model, base / "fused", ops="ort", fuse_projections=True)
-    return model, base / "plain", base / "fused"
+    export_onnx(model, base / "fused", ops="ort", fuse_projections=True, fold_layer_ops=False)
+    export_onnx(model, base / "folded", ops="ort", fuse_projections=True)
+    return model, base / "plain", base / "fused", base / "folded"
 
 
 def test_one_node_per_shared_input(pair):
-    model, plain, fused = pair
+    model, plain, fused, _ = pair
     ops = Counter(n.op_type for n in onnx.load(str(fused / "model.onnx"), load_external_data=False).graph.node)
     before = Counter(n.op_type for n in onnx.load(str(plain / "model.onnx"), load_external_data=False).graph.node)
     L = model.config.num_hidden_layers
@@ -50,7 +52,7 @@ def test_one_node_per_shared_input(pair):
 def test_logits_are_the_unfused_exports(pair):
     from vq2trt.runtime.session import OnnxDecoder
 
-    _, plain, fused = pair
+    _, plain, fused, _ = pair
     a, b = OnnxDecoder(plain), OnnxDecoder(fused)
     ids = sample_batch(seed=5, batch=2, seq=7).numpy()
     mask, pos = np.ones_like(ids), np.tile(np.arange(7), (2, 1))
@@ -65,10 +67,41 @@ def test_logits_are_the_unfused_exports(pair):
     assert a.generate(prompt, 6).tokens == b.generate(prompt, 6).tokens      # SharedCache loop
 
 
-def test_genai_runs_the_fused_export(pair):
+def test_folded_layer_ops(pair):
+    """Every layer's two norms and its SwiGLU live in the multi nodes; the logits are the unfused
+    export's up to float rounding, at level 0, in a prefill and a decode step."""
+    from vq2trt.runtime.session import OnnxDecoder
+
+    model, plain, _, folded = pair
+    proto = onnx.load(str(folded / "model.onnx"), load_external_data=False)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    L = model.config.num_hidden_layers
+    assert ops["SkipSimplifiedLayerNormalization"] == 1                 # the final norm, before lm_head
+    assert ops["Sigmoid"] == 0 and ops["VQGemmMulti"] == 2 * L
+    multi = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in proto.graph.node
+             if n.op_type == "VQGemmMulti"]
+    # Layer 0's input norm reads the embedding (RMSNormalization: prenorm 1), every other one the
+    # residual stream and the last projection (SkipSimplifiedLayerNormalization: prenorm 2).
+    assert [m.get("prenorm") for m in multi] == [1] + [2] * (2 * L - 1)
+    assert [m.get("activation") for m in multi] == [None, b"swiglu"] * L
+    a, b = OnnxDecoder(plain), OnnxDecoder(folded)
+    ids = sample_batch(seed=6, batch=2, seq=7).numpy()
+    mask, pos = np.ones_like(ids), np.tile(np.arange(7), (2, 1))
+    la, pa = a.step(ids, mask, pos, a.empty_past(2))
+    lb, pb = b.step(ids, mask, pos, b.empty_past(2))
+    scale = np.abs(la).max()
+    assert np.abs(la - lb).max() < 1e-4 * scale
+    nxt = np.array([[3], [9]])
+    la, _ = a.step(nxt, np.ones((2, 8)), np.array([[7], [7]]), pa)
+    lb, _ = b.step(nxt, np.ones((2, 8)), np.array([[7], [7]]), pb)
+    assert np.abs(la - lb).max() < 1e-4 * scale
+
+
+@pytest.mark.parametrize("which", [2, 3], ids=["kept", "folded"])
+def test_genai_runs_the_fused_export(pair, which):
     from .test_genai import check_same_as_run
 
-    check_same_as_run(pair[2])
+    check_same_as_run(pair[which])
 
 
 def test_basic_graph_refuses_before_writing(tmp_path):

@@ -55,7 +55,8 @@ def check_vqgemm_nodes(graph) -> int:
         where = f"{node.op} node '{node.name}'"
         if node.domain != op.DOMAIN:
             raise ExportError(f"{where}: domain '{node.domain}', expected '{op.DOMAIN}'")
-        if sorted(node.attrs) != sorted(attr_names):
+        layer = [a for a in multi_weight.LAYER_ATTRS if a in node.attrs] if node.op == multi_weight.OP_TYPE else []
+        if sorted(a for a in node.attrs if a not in layer) != sorted(attr_names):
             raise ExportError(f"{where}: attributes {sorted(node.attrs)}, the schema has {sorted(attr_names)}")
         if node.attrs["plugin_version"] != op.PLUGIN_VERSION:
             raise ExportError(f"{where}: plugin_version {node.attrs['plugin_version']!r}, expected '1'")
@@ -67,7 +68,8 @@ def check_vqgemm_nodes(graph) -> int:
             members = multi_weight.split_inputs(node.attrs, node.inputs[1:])
         except multi_weight.MultiWeightError as e:
             raise ExportError(f"{where}: {e}") from e
-        if len(node.outputs) not in (1, len(members)):
+        mains = len(node.outputs) - (node.attrs.get("prenorm", 0) == 2)   # then X + skip
+        if mains not in ((1,) if node.attrs.get("activation") == "swiglu" else (1, len(members))):
             raise ExportError(f"{where}: {len(node.outputs)} outputs; expected 1 or {len(members)} (one per weight)")
         for w, (attrs, inputs) in enumerate(members):
             check_weight(f"{where}, weight {w}", attrs, inputs)

@@ -40,6 +40,10 @@ def register_schema() -> None:
     attrs = [S.Attribute(a["name"], S.AttrType.INT if a["name"] == "accuracy_level" else kinds[a["type"]],
                          "one INT for every weight" if a["name"] == "accuracy_level" else
                          f"per weight: {a.get('doc', a['name'])}") for a in spec["attributes"]]
+    attrs += [S.Attribute("prenorm", S.AttrType.INT, "0: none; 1: RMS norm of X; 2: of X + skip (the sum "
+                          "is the last output)", required=False),
+              S.Attribute("epsilon", S.AttrType.FLOAT, "the norm's epsilon", required=False),
+              S.Attribute("activation", S.AttrType.STRING, '"swiglu": one output silu(Y_0) * Y_1', required=False)]
     inputs = [S.FormalParameter("inputs", "V", "X, then each weight's VQGemm inputs (absent groups left out)",
                                 param_option=S.FormalParameterOption.Variadic, is_homogeneous=False, min_arity=4)]
     schema_obj = S(
@@ -60,9 +64,15 @@ def _infer(ctx) -> None:
     if x is None or not x.HasField("tensor_type"):
         return
     widths = list(ctx.get_attribute("out_features").ints)
-    outs = ctx.get_num_outputs()
+    prenorm, activation = ctx.get_attribute("prenorm"), ctx.get_attribute("activation")
+    total = prenorm is not None and prenorm.i == 2                   # X + skip, the last output
+    outs = ctx.get_num_outputs() - total
+    if activation is not None and activation.s == b"swiglu":
+        widths = widths[:1]
     for i in range(outs):
         ctx.set_output_type(i, op.like_x(x, sum(widths) if outs == 1 else widths[i]))
+    if total:
+        ctx.set_output_type(outs, x)
 
 
 def member_attrs(attrs: dict) -> list[dict]:
@@ -85,8 +95,18 @@ def member_attrs(attrs: dict) -> list[dict]:
     return out
 
 
+LAYER_ATTRS = ("prenorm", "epsilon", "activation")
+
+
+def layer_inputs(attrs: dict) -> int:
+    """How many inputs sit between X and the first weight's (fold_layer_ops: [skip,] gamma)."""
+    return {0: 0, 1: 1, 2: 2}.get(int(attrs.get("prenorm", 0)), 0)
+
+
 def split_inputs(attrs: dict, weights: list) -> list[tuple[dict, list]]:
-    """(VQGemm attributes, weight inputs) per member of a VQGemmMulti node, from its inputs after X."""
+    """(VQGemm attributes, weight inputs) per member of a VQGemmMulti node, from its inputs after X
+    and the layer ops' (``layer_inputs``)."""
+    weights = weights[layer_inputs(attrs):]
     out, at = [], 0
     for a in member_attrs(attrs):
         n = len(op.input_names(a))

@@ -24,6 +24,7 @@ from vq2trt.export import fused, multi_weight, op, ort_contrib, tied_int8
 from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
+from vq2trt.export.fold_layer_ops import fold_layer_ops as fold_layer_ops_into
 from vq2trt.export.torch_op import INT_ATTRS, WEIGHT_NAMES, VQGemmLinear
 from vq2trt.nn import VQLinear, replace_linear
 
@@ -111,7 +112,7 @@ def _without_torchvision_notice():
 def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level: int = 0,
                 overwrite: bool = False, tokenizer=None, source: str | os.PathLike | None = None,
                 dtype: str = "float32", embedding: str = "float32", ops: str = "auto", logits: str = "all",
-                fuse_projections: bool = False) -> Path:
+                fuse_projections: bool = False, fold_layer_ops: bool = True) -> Path:
     """Write out_dir/model.onnx (+ model.onnx.data, vq2trt_onnx.json, tokenizer files).
 
     ``source``: the checkpoint or model the export came from, recorded for `vq2trt compare`.
@@ -124,7 +125,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     past and present, SkipSimplifiedLayerNormalization).
     ``logits``: "all" positions (perplexity, comparisons) or the "last" only (generation; decoder.py).
     ``fuse_projections``: the VQGemm weights that read one X (q/k/v, gate/up) as one VQGemmMulti node
-    each (export/multi_weight.py; ONNX Runtime's CPU EP only, so fused or ort ops only)."""
+    each (export/multi_weight.py; ONNX Runtime's CPU EP only, so fused or ort ops only).
+    ``fold_layer_ops`` (with fuse_projections): the RMS normalisations before those nodes and SwiGLU
+    after gate/up folded into them (export/fold_layer_ops.py; equal up to float rounding)."""
     from vq2trt.export.graph import finalize, write_folder
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
@@ -155,6 +158,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
         proto = ort_contrib.use_contrib_ops(proto, dec)
     if fuse_projections:
         proto = multi_weight.fuse_projections(proto)
+        if fold_layer_ops:
+            proto = fold_layer_ops_into(proto)
     proto = finalize(proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
                         accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))
