@@ -105,10 +105,11 @@ void make_dense4(Prepacked& p, int64_t exact_cols) {
         uint8_t u[kDense4Block] = {};
         for (int64_t c = 0; c < valid && step > 0.f; ++c)
           u[c] = uint8_t(std::clamp(std::nearbyint((blk[c] - m) / step), 0.f, 15.f));
-        // Byte i holds elements i (low nibble) and i + 16 (high): one shift and one mask give
-        // the 32 in order (dense4_avx2.cpp).
+        // Rows in pairs: byte c of the pair's 32 holds the even row's element c (low nibble) and
+        // the odd row's (high): one mask, or one shift and one mask, give either row's 32 in
+        // order (dense4_avx2.cpp).
         uint8_t* rec = grp + w.prefix_bytes() + b * kDense4Bytes;
-        for (int64_t c = 0; c < 16; ++c) rec[lane * 16 + c] = uint8_t(u[c] | (u[c + 16] << 4));
+        for (int64_t c = 0; c < kDense4Block; ++c) rec[(lane / 2) * 32 + c] |= uint8_t(u[c] << (4 * (lane % 2)));
         rec[64 + lane] = code;
         rec[68 + lane] = mcode[size_t(b)];
       }

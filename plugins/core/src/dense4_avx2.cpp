@@ -1,14 +1,16 @@
 // AVX2 decode on the Dense4 form (internal.h): int8 x' against 4-bit weights, per block of 32
 // columns d · sx · Σ xq·u plus m · Σ x', in float32 (d and m fp16: F16C, which every AVX2 CPU has).
 //
-// Per row and block: one 16-byte load, a shift, an insert and a mask give the 32 nibbles in
-// order; vpmaddubsw (u <= 15 unsigned, xq signed: pair sums <= 3810, no saturation) and vpmaddwd
-// sum them to 8 int32 lanes; one conversion and one FMA with the block's scale. Four rows share
-// each block of x and one record (their nibbles, steps and minima: one stream from memory); one
-// conversion and one multiply give the four d · sx (low lanes) and m · Σ x' (high lanes) at once,
-// and each row's d · sx is broadcast from a stack copy (a load, where a permute took a shuffle
-// port, which the nibble unpacking already keeps busy: 10-15 % with the weights in L2).
-// About 10 instructions per 32 weights, where the lookup kernels spend ~32 (decode_avx2.cpp).
+// Per block: two 32-byte loads hold the 4 rows' nibbles in pairs (rows 0 and 1 as the low and
+// high nibbles of one vector, rows 2 and 3 of the other), so a mask, or a shift and a mask, give
+// each row's 32 weights in order; vpmaddubsw (u <= 15 unsigned, xq signed: pair sums <= 3810, no
+// saturation) and vpmaddwd sum each to 8 int32 lanes; two rounds of vphaddd fold the 4 rows into
+// one vector (row r in lanes r and 4 + r), so one conversion and one FMA with the rows' scales
+// serve all 4. Four rows share each block of x and one record (their nibbles, steps and minima:
+// one stream from memory); one conversion and one multiply give the four d · sx (low lanes) and
+// m · Σ x' (high lanes) at once. ~8 instructions per 32 weights, where the lookup kernels spend
+// ~32 (decode_avx2.cpp). The first form (a 16-byte load, shift, insert and mask per row, one
+// conversion and FMA per row) ran 20-35 % slower on Zen 3 (benchmarks/RESULTS.md).
 #include <immintrin.h>
 
 #include <cmath>
@@ -66,7 +68,9 @@ void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float
       const float* par = reinterpret_cast<const float*>(qg + w.head_bytes());
       const __m256 unit = _mm256_loadu_ps(par);
       const __m256 base_hi = _mm256_insertf128_ps(_mm256_setzero_ps(), _mm_loadu_ps(par + 8), 1);
-      __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, accm = acc0;
+      // Lanes 0-3 and 4-7: the 4 rows' sums over the two 128-bit halves of each block.
+      __m256 acc = _mm256_setzero_ps(), accm = acc;
+      const __m256i half_lanes = _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3);
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* rec = qg + w.prefix_bytes() + b * kDense4Bytes;
         // ~50 records ahead: with no prefetch the stream ran at 7 GB/s per core on Zen 3 (10-11
@@ -77,26 +81,21 @@ void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float
             _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 64))));
         const __m256 t = _mm256_mul_ps(_mm256_fmadd_ps(codes, unit, base_hi), _mm256_loadu_ps(svm + b * 8));
         accm = _mm256_add_ps(accm, t);  // lanes 4-7: Σ_b m · Σ x' per row (lanes 0-3 unused)
-        alignas(32) float tb[8];
-        _mm256_store_ps(tb, t);
-        auto row = [&](auto r, __m256& acc) {
-          const __m128i nib = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + r * 16));
-          const __m256i u = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(nib),
-                                                                     _mm_srli_epi16(nib, 4), 1), low);
-          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), ones);
-          acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(tb + r), acc);
-        };
-        row(std::integral_constant<int, 0>(), acc0);
-        row(std::integral_constant<int, 1>(), acc1);
-        row(std::integral_constant<int, 2>(), acc2);
-        row(std::integral_constant<int, 3>(), acc3);
+        const __m256i v01 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec));
+        const __m256i v23 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32));
+        auto dot = [&](__m256i u) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, xv), ones); };
+        const __m256i p0 = dot(_mm256_and_si256(v01, low)), p1 = dot(_mm256_and_si256(_mm256_srli_epi16(v01, 4), low));
+        const __m256i p2 = dot(_mm256_and_si256(v23, low)), p3 = dot(_mm256_and_si256(_mm256_srli_epi16(v23, 4), low));
+        // Two rounds of horizontal adds: lanes r and 4 + r hold row r's sums over each half.
+        const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(h), _mm256_permutevar8x32_ps(t, half_lanes), acc);
       }
-      alignas(32) float mins[8];
+      alignas(32) float mins[8], sums[8];
       _mm256_store_ps(mins, accm);
-      const float sums[4] = {hsum(acc0), hsum(acc1), hsum(acc2), hsum(acc3)};
+      _mm256_store_ps(sums, acc);
       for (int r = 0; r < 4; ++r) {
         const int64_t n = g * 4 + r;
-        if (n >= n0 && n < n1) y[m * N + n] += head[r] + sums[r] + mins[4 + r];
+        if (n >= n0 && n < n1) y[m * N + n] += head[r] + (sums[r] + sums[4 + r]) + mins[4 + r];
       }
     }
   }

@@ -122,8 +122,9 @@ struct Dense4 {
   int64_t prefix_bytes() const { return head_bytes() + 48; }
   // Groups of 4 output rows in one stream: per group the head (the 4 rows' head_cols bytes u,
   // then their float32 steps and minima), the rows' code scales (float32: 4 step units, 4 minimum
-  // units, 4 minimum bases), then one kDense4Bytes record per block: the 4 rows' nibbles (16 bytes
-  // each, byte i = u[i] | u[i + 16] << 4), their step codes and their minimum codes, one byte each:
+  // units, 4 minimum bases), then one kDense4Bytes record per block: the 4 rows' nibbles in pairs
+  // (32 bytes for rows 0 and 1, byte c = u_0[c] | u_1[c] << 4, then 32 for rows 2 and 3), their
+  // step codes and their minimum codes, one byte each:
   // step = code · unit, minimum = base + code · unit (as llama.cpp's Q4_K codes its sub-block
   // scales). 4.5 bits a weight, as Q4_0 and MatMulNBits 4-bit with block 32 (fp16 steps and
   // minima took 5): at decode the kernel streams its weight from memory, so bytes are its speed.
