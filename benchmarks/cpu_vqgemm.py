@@ -12,8 +12,8 @@ VQ2TRT_ISA caps vq2trt's kernels (MLAS keeps its own choice); the header names t
 
 With --shapes 192x576,1536x576,... (N x K, e.g. a model's projections) each shape is timed as a fan
 instead (N as a sum, e.g. 576+192+192x576 for q/k/v, makes each VQGemm element one VQGemmMulti node
-of those weights, export --fuse-projections, followed by a Concat, and the other ops one weight of the
-sum): LAYERS nodes of that shape reading one x (so the weights stream from memory as in a decode
+of those weights, export --fuse-projections, with one output holding theirs side by side, as the
+attention reads q/k/v, and the other ops one weight of the sum): LAYERS nodes of that shape reading one x (so the weights stream from memory as in a decode
 step), µs per node for the default format at level 4, with VQ2TRT_DENSE4=1, MatMulNBits 4-bit with
 block 32 (ORT GenAI's int4 models) and float32 MatMul; sessions one after another, ROUNDS rounds.
 """
@@ -78,7 +78,22 @@ def fan_model(kind: str, rng, layers: int, n, k_in: int):
                                   outs, initializer=inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                         helper.make_opsetid(DOMAIN, OP_VERSION)])
-        return fuse_projections(model)
+        # One output, [Y_0 | Y_1 | ...], as the exporter gives GroupQueryAttention / CachedAttention
+        # its packed q/k/v: the Concat goes.
+        fused = fuse_projections(model)
+        concat = {n.output[0]: list(n.input) for n in fused.graph.node if n.op_type == "Concat"}
+        kept = []
+        for node in fused.graph.node:
+            if node.op_type == "Concat":
+                continue
+            if node.op_type == "VQGemmMulti":
+                target = next(o for o, parts in concat.items() if parts == list(node.output))
+                del node.output[:]
+                node.output.append(target)
+            kept.append(node)
+        del fused.graph.node[:]
+        fused.graph.node.extend(kept)
+        return fused
     nodes, inits = [], []
     for i in range(layers):
         if kind == "vq":

@@ -2,6 +2,7 @@
 // SessionOptions.register_custom_ops_library / RegisterCustomOpsLibrary.
 #include <mutex>
 
+#include "attention_op.h"
 #include "vqgemm_multi_op.h"
 #include "vqgemm_op.h"
 #if defined(VQ2TRT_ORT_CUDA)
@@ -26,6 +27,8 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       domain->Add(&op);
       static vq2trt::ort::VQGemmMultiOp multi_op;  // CPU only: see vqgemm_multi_op.h
       domain->Add(&multi_op);
+      static vq2trt::ort::CachedAttentionOp attention_op;  // CPU only
+      domain->Add(&attention_op);
 #if defined(VQ2TRT_ORT_CUDA)
       // Same name, other provider: ORT picks the kernel of the EP the node is assigned to.
       static vq2trt::ort::VQGemmCudaOp cuda_op;

@@ -2,7 +2,8 @@
 reading q/k/v packed, with no Split). With the layer ops kept as nodes the graph's logits must be
 the unfused export's, bit for bit (each weight's slice is the bytes its VQGemm node gives), in
 ONNX Runtime's step API, `vq2trt run`'s shared-cache loop and ORT GenAI; with the norms and SwiGLU
-folded in (the default) they must match up to float rounding and leave no norm or SwiGLU node.
+folded in and GroupQueryAttention replaced by vq2trt.CachedAttention (the default) they must match
+up to float rounding and leave no norm, SwiGLU or GroupQueryAttention node.
 The basic (TensorRT) graph refuses the option before anything is written."""
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def test_folded_layer_ops(pair):
     L = model.config.num_hidden_layers
     assert ops["SkipSimplifiedLayerNormalization"] == 1                 # the final norm, before lm_head
     assert ops["Sigmoid"] == 0 and ops["VQGemmMulti"] == 2 * L
+    assert ops["GroupQueryAttention"] == 0 and ops["CachedAttention"] == L        # export/cached_attention.py
     multi = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in proto.graph.node
              if n.op_type == "VQGemmMulti"]
     # Layer 0's input norm reads the embedding (RMSNormalization: prenorm 1), every other one the

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vq2trt.export import fused, multi_weight, op, ort_contrib, tied_int8
+from vq2trt.export import cached_attention, fused, multi_weight, op, ort_contrib, tied_int8
 from vq2trt.export.decoder import OPS, ExportDecoder, check_logits, resolve_dtype
 from vq2trt.export.embedding import MODES as EMBEDDING_MODES
 from vq2trt.export.embedding import EmbeddingError, compact_embedding
@@ -127,7 +127,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     ``fuse_projections``: the VQGemm weights that read one X (q/k/v, gate/up) as one VQGemmMulti node
     each (export/multi_weight.py; ONNX Runtime's CPU EP only, so fused or ort ops only).
     ``fold_layer_ops`` (with fuse_projections): the RMS normalisations before those nodes and SwiGLU
-    after gate/up folded into them (export/fold_layer_ops.py; equal up to float rounding)."""
+    after gate/up folded into them (export/fold_layer_ops.py), and GroupQueryAttention replaced by
+    vq2trt.CachedAttention (export/cached_attention.py); both equal up to float rounding."""
     from vq2trt.export.graph import finalize, write_folder
 
     resolve_dtype(dtype)                                   # a bad name fails before any work
@@ -159,7 +160,7 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, accuracy_level:
     if fuse_projections:
         proto = multi_weight.fuse_projections(proto)
         if fold_layer_ops:
-            proto = fold_layer_ops_into(proto)
+            proto = cached_attention.use_cached_attention(fold_layer_ops_into(proto))
     proto = finalize(proto, dec)
     return write_folder(proto, Path(out_dir), model=model, decoder=dec, overwrite=overwrite, tokenizer=tokenizer,
                         accuracy_level=accuracy_level, source=None if source is None else str(Path(source).resolve()))
