@@ -120,13 +120,18 @@ void check_silu(std::mt19937& rng, DType t, Isa isa, int64_t M, int64_t N) {
   std::vector<float> gu(size_t(M * 2 * N));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t j = 0; j < 2 * N; ++j) gu[size_t(m * 2 * N + j)] = j < N ? (j % 3 ? 4 * nd(rng) : ud(rng)) : nd(rng);
-  std::vector<uint16_t> keep;
-  const void* p = data_of(t, gu, keep);
   const std::vector<float> r = rounded(t, gu);
-  std::vector<float> y = run_typed(t, size_t(M * N), [&](void* out) { silu_mul(t, p, M, N, out, isa); });
+  // gu holds rows [gate | up]; the op reads them as two [M, N] tensors.
+  std::vector<float> g32, u32;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < N; ++j) g32.push_back(gu[size_t(m * 2 * N + j)]), u32.push_back(gu[size_t(m * 2 * N + N + j)]);
+  std::vector<uint16_t> kg, ku;
+  const void* pg = data_of(t, g32, kg);
+  const void* pu = data_of(t, u32, ku);
+  std::vector<float> y = run_typed(t, size_t(M * N), [&](void* out) { silu_mul(t, pg, pu, M, N, out, isa); });
   ParallelFor rev;
   rev.run = run_reversed;
-  std::vector<float> y2 = run_typed(t, size_t(M * N), [&](void* out) { silu_mul(t, p, M, N, out, isa, rev); });
+  std::vector<float> y2 = run_typed(t, size_t(M * N), [&](void* out) { silu_mul(t, pg, pu, M, N, out, isa, rev); });
   expect(y == y2, "silu_mul: reversed tasks give other bytes", 0, 0);
   // float32: ~2 ulp of exp, then a division and a product (the tail past 88 saturates to 0 · u).
   const double tol = t == DType::kFloat32 ? 1e-6 : t == DType::kFloat16 ? 1e-3 : 8e-3;

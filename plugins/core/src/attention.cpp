@@ -111,7 +111,10 @@ void attend(void* arg, size_t task) {
   const int64_t valid = int64_t(a.seqlens_k[b]) + 1;  // keys this row may see at most
   const float* K = a.present_k + (b * s.KV + g) * s.present_len * D;
   const float* V = a.present_v + (b * s.KV + g) * s.present_len * D;
-  thread_local std::vector<float> q, scores;
+  // Thread-locals by reference once: each use of the name is a TLS lookup in a shared library.
+  thread_local std::vector<float> q_tls, scores_tls;
+  std::vector<float>& q = q_tls;
+  std::vector<float>& scores = scores_tls;
   q.resize(size_t(G * D));
   for (int64_t i = chunk * kQueriesPerTask; i < std::min(s.S, (chunk + 1) * kQueriesPerTask); ++i) {
     float* o = a.out + (b * s.S + i) * s.H * D + g * G * D;

@@ -64,35 +64,50 @@ struct NormArgs {
 
 void norm_rows(void* arg, size_t task) {
   const NormArgs& a = *static_cast<const NormArgs*>(arg);
-  thread_local std::vector<float> s, xb, gb, sb;
+  // Thread-locals by reference once: in a shared library each use of the name is a TLS lookup
+  // (__tls_get_addr), which in the loops below was a tenth of a 128-row prefill node.
+  thread_local std::vector<float> s_tls, xb, gb, sb;
+  std::vector<float>& sv = s_tls;
   const float* gamma = row_f32(a.t, a.gamma, 0, a.K, gb);
-  s.resize(size_t(a.K));
+  sv.resize(size_t(a.K));
+  float* s = sv.data();
   const int64_t end = std::min(a.M, int64_t(task + 1) * kRowsPerTask);
   for (int64_t m = int64_t(task) * kRowsPerTask; m < end; ++m) {
     const int64_t off = m * a.K;
     const float* x = row_f32(a.t, a.x, off, a.K, xb);
     const float* skip = a.skip ? row_f32(a.t, a.skip, off, a.K, sb) : nullptr;
-    for (int64_t k = 0; k < a.K; ++k) {
-      float v = skip ? x[k] + skip[k] : x[k];
-      v = round_to(a.t, v);
-      s[size_t(k)] = v;
-      if (a.sum) store(a.t, a.sum, off + k, v);
+    if (skip)
+      for (int64_t k = 0; k < a.K; ++k) s[k] = x[k] + skip[k];
+    else
+      std::copy_n(x, a.K, s);
+    if (a.t != DType::kFloat32)
+      for (int64_t k = 0; k < a.K; ++k) s[k] = round_to(a.t, s[k]);
+    if (a.sum) {
+      if (a.t == DType::kFloat32)
+        std::copy_n(s, a.K, static_cast<float*>(a.sum) + off);
+      else
+        for (int64_t k = 0; k < a.K; ++k) store(a.t, a.sum, off + k, s[k]);
     }
     // Eight running sums in a fixed order: vectorisable, and the same bytes on every ISA.
     float acc[8] = {};
     int64_t k = 0;
     for (; k + 8 <= a.K; k += 8)
-      for (int j = 0; j < 8; ++j) acc[j] += s[size_t(k + j)] * s[size_t(k + j)];
-    for (; k < a.K; ++k) acc[0] += s[size_t(k)] * s[size_t(k)];
+      for (int j = 0; j < 8; ++j) acc[j] += s[k + j] * s[k + j];
+    for (; k < a.K; ++k) acc[0] += s[k] * s[k];
     const float ms = (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / float(a.K);
     const float inv = 1.f / std::sqrt(ms + a.eps);
-    for (k = 0; k < a.K; ++k) store(a.t, a.y, off + k, s[size_t(k)] * inv * gamma[k]);
+    if (a.t == DType::kFloat32) {
+      float* y = static_cast<float*>(a.y) + off;
+      for (k = 0; k < a.K; ++k) y[k] = s[k] * inv * gamma[k];
+    } else {
+      for (k = 0; k < a.K; ++k) store(a.t, a.y, off + k, s[k] * inv * gamma[k]);
+    }
   }
 }
 
 struct SiluArgs {
   DType t;
-  const void* gu;
+  const void *g, *u;
   int64_t M, N;
   void* y;
   bool avx2;
@@ -100,11 +115,12 @@ struct SiluArgs {
 
 void silu_rows(void* arg, size_t task) {
   const SiluArgs& a = *static_cast<const SiluArgs*>(arg);
-  thread_local std::vector<float> gb, ub, yb;
+  thread_local std::vector<float> gb, ub, yb_tls;
+  std::vector<float>& yb = yb_tls;  // one TLS lookup (see norm_rows)
   const int64_t end = std::min(a.M, int64_t(task + 1) * kRowsPerTask);
   for (int64_t m = int64_t(task) * kRowsPerTask; m < end; ++m) {
-    const float* g = row_f32(a.t, a.gu, m * 2 * a.N, a.N, gb);
-    const float* u = row_f32(a.t, a.gu, m * 2 * a.N + a.N, a.N, ub);
+    const float* g = row_f32(a.t, a.g, m * a.N, a.N, gb);
+    const float* u = row_f32(a.t, a.u, m * a.N, a.N, ub);
     float* y = static_cast<float*>(a.y) + m * a.N;
     if (a.t != DType::kFloat32) {
       yb.resize(size_t(a.N));
@@ -130,10 +146,11 @@ void rms_norm(DType t, const void* x, const void* skip, const void* gamma, float
   for_rows(M, parallel, norm_rows, &a);
 }
 
-void silu_mul(DType t, const void* gu, int64_t M, int64_t N, void* y, Isa isa, const ParallelFor& parallel) {
+void silu_mul(DType t, const void* g, const void* u, int64_t M, int64_t N, void* y, Isa isa,
+              const ParallelFor& parallel) {
   if (M <= 0 || N <= 0) return;
   const bool avx2 = isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512;
-  SiluArgs a{t, gu, M, N, y, avx2};
+  SiluArgs a{t, g, u, M, N, y, avx2};
   for_rows(M, parallel, silu_rows, &a);
 }
 

@@ -18,10 +18,9 @@ namespace vq2trt {
 void rms_norm(DType t, const void* x, const void* skip, const void* gamma, float eps, int64_t M, int64_t K, void* y,
               void* sum, const ParallelFor& parallel = ParallelFor());
 
-// y[m, j] = silu(gu[m, j]) · gu[m, N + j] for j < N: gate and up side by side ([M, 2N], as a
-// VQGemmMulti node's concatenated output), y [M, N]; in float32, stored as t. The AVX2 form
-// (isa AVX2 or better) uses a polynomial exp (~2 ulp) instead of the C library's.
-void silu_mul(DType t, const void* gu, int64_t M, int64_t N, void* y, Isa isa = detect_isa(),
+// y = silu(g) · u elementwise, g, u and y [M, N] in t, computed in float32. The AVX2 form (isa
+// AVX2 or better) uses a polynomial exp (~2 ulp) instead of the C library's.
+void silu_mul(DType t, const void* g, const void* u, int64_t M, int64_t N, void* y, Isa isa = detect_isa(),
               const ParallelFor& parallel = ParallelFor());
 
 }  // namespace vq2trt
