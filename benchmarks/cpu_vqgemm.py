@@ -13,9 +13,10 @@ VQ2TRT_ISA caps vq2trt's kernels (MLAS keeps its own choice); the header names t
 With --shapes 192x576,1536x576,... (N x K, e.g. a model's projections) each shape is timed as a fan
 instead (N as a sum, e.g. 576+192+192x576 for q/k/v, makes each VQGemm element one VQGemmMulti node
 of those weights, export --fuse-projections, with one output holding theirs side by side, as the
-attention reads q/k/v, and the other ops one weight of the sum): LAYERS nodes of that shape reading one x (so the weights stream from memory as in a decode
-step), µs per node for the default format at level 4, with VQ2TRT_DENSE4=1, MatMulNBits 4-bit with
-block 32 (ORT GenAI's int4 models) and float32 MatMul; sessions one after another, ROUNDS rounds.
+attention reads q/k/v, and the other ops one weight of the sum): LAYERS nodes of that shape reading
+one x (so the weights stream from memory as in a decode step), µs per node for the default format
+at level 4, with VQ2TRT_DENSE4=1, MatMulNBits 4-bit with block 32 (ORT GenAI's int4 models) and
+float32 MatMul; sessions one after another, ROUNDS rounds.
 """
 
 from __future__ import annotations

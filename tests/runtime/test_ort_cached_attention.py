@@ -68,7 +68,7 @@ def compare(want, got, valid_q, valid_kv):
 
 @pytest.mark.parametrize("prompt", [7, 50], ids=["short", "long"])   # long: split over the thread pool
 @pytest.mark.parametrize("shared", [False, True], ids=["grown", "shared"])
-@pytest.mark.parametrize("heads", [(9, 3, 64), (4, 4, 32), (8, 1, 16)], ids=lambda h: "H%d-KV%d-D%d" % h)
+@pytest.mark.parametrize("heads", [(9, 3, 64), (4, 4, 32), (8, 1, 16)], ids=lambda h: f"H{h[0]}-KV{h[1]}-D{h[2]}")
 def test_same_as_group_query_attention(library, heads, shared, prompt):
     check_against_gqa(library, heads, shared, prompt)
 
@@ -80,7 +80,8 @@ def test_plain_cpp_path(library):
     import sys
 
     code = ("from tests.runtime.test_ort_cached_attention import check_against_gqa; "
-            f"check_against_gqa({library!r}, (9, 3, 64), True, 50); check_against_gqa({library!r}, (4, 2, 32), False, 7)")
+            f"check_against_gqa({library!r}, (9, 3, 64), True, 50); "
+            f"check_against_gqa({library!r}, (4, 2, 32), False, 7)")
     env = {**os.environ, "VQ2TRT_ISA": "scalar"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -101,7 +102,7 @@ def check_against_gqa(library, heads, shared, prompt):
     want, got = run(gqa, feeds, shared), run(ours, feeds, shared)
     compare(want, got, lengths, lengths)
     cache_k, cache_v = want[1], want[2]
-    for step in range(3):                                            # decode: one token per row
+    for _ in range(3):                                               # decode: one token per row
         lengths = lengths + 1
         feeds = {"qkv": rng.standard_normal((B, 1, (H + 2 * KV) * D)).astype(np.float32),
                  "pk": cache_k, "pv": cache_v, "seqlens": (lengths - 1).astype(np.int32),
