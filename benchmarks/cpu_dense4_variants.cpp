@@ -7,10 +7,13 @@
 //   permute:  the same with the scale permuted out of the register instead;
 //   pairs:    rows 0/1 and 2/3 as the low/high nibbles of one 32-byte load each (a mask, or a
 //             shift and a mask, per row), one conversion and FMA per row;
-//   pairs + vphaddd (shipped): the 4 rows' int32 sums folded by two rounds of vphaddd, one
+//   pairs + vphaddd: the 4 rows' int32 sums folded by two rounds of vphaddd, one
 //             conversion and one FMA for all 4;
 //   first, no prefetch: the first form without the software prefetch 4 KB ahead;
-//   pairs + vphaddw: the fold at 16 bits before vpmaddwd (one vpmaddwd per 2 rows).
+//   pairs + vphaddw: the fold at 16 bits before vpmaddwd (one vpmaddwd per 2 rows);
+//   pairs + vphaddd, 16-bit head x (shipped since): the head columns' x' at 16 bits against the
+//             8-bit weights with vpmaddwd, 16 columns a pass, where the forms above convert each
+//             weight to float for an FMA with float x'.
 // L weights of N x K in turn: L = 1 stays in L2, 30 x 576 x 576 in L3, 300 streams from memory.
 //
 //   g++ -O2 -mavx2 -mfma -mf16c -std=c++17 benchmarks/cpu_dense4_variants.cpp -o /tmp/dense4
@@ -33,6 +36,9 @@ static inline float hsum(__m256 v) {
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
+// The head's x' at 16 bits for form 6 (scale 1/32767 of the largest: here 0.5 everywhere).
+static int16_t xh16[512];
+static float xh16_scale = 0.5f / 32767.f;
 template <int VAR>
 void gemv(const W& w, const int8_t* xm, const float* svm, const float* xhm, float xhsum, float* y) {
   const __m256i low = _mm256_set1_epi8(0x0f);
@@ -41,7 +47,16 @@ void gemv(const W& w, const int8_t* xm, const float* svm, const float* xhm, floa
   for (int64_t g = 0; g * 4 < w.N; ++g) {
     const uint8_t* qg = (VAR == 0 || VAR == 1 || VAR == 4 ? w.q : w.qp).data() + g * w.group_bytes;
     float head[4] = {0, 0, 0, 0};
-    if (hc > 0) {
+    if (hc > 0 && VAR == 6) {  // 16-bit x' against the 8-bit head: vpmaddwd (the shipped head)
+      __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (int64_t c = 0; c < hc; c += 16) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i*)(xh16 + c));
+        for (int r = 0; r < 4; ++r)
+          h[r] = _mm256_add_epi32(h[r], _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(qg + r * hc + c))), xv));
+      }
+      float st[4], mn[4]; std::memcpy(st, qg + 4 * hc, 16); std::memcpy(mn, qg + 4 * hc + 16, 16);
+      for (int r = 0; r < 4; ++r) head[r] = st[r] * (xh16_scale * hsum(_mm256_cvtepi32_ps(h[r]))) + mn[r] * xhsum;
+    } else if (hc > 0) {
       __m256 h0 = _mm256_setzero_ps(), h1 = h0, h2 = h0, h3 = h0;
       auto wrow = [&](int r, int64_t c) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(qg + r * hc + c)))); };
       for (int64_t c = 0; c < hc; c += 8) {
@@ -90,7 +105,7 @@ void gemv(const W& w, const int8_t* xm, const float* svm, const float* xhm, floa
           acc1 = _mm256_fmadd_ps(dot(_mm256_and_si256(_mm256_srli_epi16(v01, 4), low)), _mm256_broadcast_ss(tb + 1), acc1);
           acc2 = _mm256_fmadd_ps(dot(_mm256_and_si256(v23, low)), _mm256_broadcast_ss(tb + 2), acc2);
           acc3 = _mm256_fmadd_ps(dot(_mm256_and_si256(_mm256_srli_epi16(v23, 4), low)), _mm256_broadcast_ss(tb + 3), acc3);
-        } else if (VAR == 3) {
+        } else if (VAR == 3 || VAR == 6) {
           const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v01, low), xv), ones);
           const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v01, 4), low), xv), ones);
           const __m256i p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(v23, low), xv), ones);
@@ -115,7 +130,7 @@ void gemv(const W& w, const int8_t* xm, const float* svm, const float* xhm, floa
     }
     alignas(32) float mins[8]; _mm256_store_ps(mins, accm);
     float sums[4];
-    if (VAR == 3 || VAR == 5) { alignas(32) float a[8]; _mm256_store_ps(a, acc0); for (int r = 0; r < 4; ++r) sums[r] = a[r] + a[4 + r]; }
+    if (VAR == 3 || VAR == 5 || VAR == 6) { alignas(32) float a[8]; _mm256_store_ps(a, acc0); for (int r = 0; r < 4; ++r) sums[r] = a[r] + a[4 + r]; }
     else { sums[0] = hsum(acc0); sums[1] = hsum(acc1); sums[2] = hsum(acc2); sums[3] = hsum(acc3); }
     for (int r = 0; r < 4; ++r) y[g * 4 + r] = head[r] + sums[r] + mins[4 + r];
   }
@@ -152,23 +167,24 @@ int main(int argc, char** argv) {
   std::vector<int8_t> xq(nb * 32); for (auto& v : xq) v = int8_t(rng());
   std::vector<float> sv(nb * 8, 0.01f), xh(64, 0.5f), y(N);
   using F = void (*)(const W&, const int8_t*, const float*, const float*, float, float*);
-  F fs[] = {gemv<0>, gemv<1>, gemv<2>, gemv<3>, gemv<4>, gemv<5>};
-  const char* names[] = {"first", "permute", "pairs", "pairs + vphaddd", "first, no prefetch", "pairs + vphaddw"};
+  F fs[] = {gemv<0>, gemv<1>, gemv<2>, gemv<3>, gemv<4>, gemv<5>, gemv<6>};
+  for (auto& v : xh16) v = 32767;
+  const char* names[] = {"first", "permute", "pairs", "pairs + vphaddd", "first, no prefetch", "pairs + vphaddw", "pairs + vphaddd, 16-bit head x"};
   // Every form computes the same outputs (up to float summation order): checked once.
   std::vector<float> ref(N), got(N);
   fs[0](ws[0], xq.data(), sv.data(), xh.data(), 1.f, ref.data());
-  for (int v = 1; v < 6; ++v) {
+  for (int v = 1; v < 7; ++v) {
     fs[v](ws[0], xq.data(), sv.data(), xh.data(), 1.f, got.data());
     double worst = 0, scale = 0;
     for (int64_t i = 0; i < N; ++i) worst = std::max(worst, double(std::abs(got[i] - ref[i]))), scale = std::max(scale, double(std::abs(ref[i])));
     if (worst > 1e-4 * scale) { printf("form %d differs from the first: %g (scale %g)\n", v, worst, scale); return 1; }
   }
-  std::vector<std::vector<double>> t(6);
+  std::vector<std::vector<double>> t(7);
   for (int r = 0; r < reps; ++r)
-    for (int v = 0; v < 6; ++v) {
+    for (int v = 0; v < 7; ++v) {
       double t0 = now();
       for (auto& w : ws) fs[v](w, xq.data(), sv.data(), xh.data(), 1.f, y.data());
       t[v].push_back((now() - t0) / L);
     }
-  for (int v = 0; v < 6; ++v) { std::sort(t[v].begin(), t[v].end()); printf("%-20s min %7.2f  med %7.2f us  (%.1f w/ns med)\n", names[v], t[v][0], t[v][t[v].size()/2], N*K/1e3/t[v][t[v].size()/2]); }
+  for (int v = 0; v < 7; ++v) { std::sort(t[v].begin(), t[v].end()); printf("%-20s min %7.2f  med %7.2f us  (%.1f w/ns med)\n", names[v], t[v][0], t[v][t[v].size()/2], N*K/1e3/t[v][t[v].size()/2]); }
 }

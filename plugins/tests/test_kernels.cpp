@@ -201,8 +201,9 @@ void check_avx2_prefill_heads(std::mt19937& rng, const VQGemmDims& d, int64_t M)
 // Dense4 (internal.h) at decode row counts on every x86 ISA here (its blocks start after the 64
 // exact head columns):
 // - exact: codebooks of two values per component (any block then holds at most two values, u is 0
-//   or 15) and integer x' with 127 in every block (int8 with scale 1), so the result is the
-//   reference's up to float32 rounding: any misplaced nibble, block, row or scale shows.
+//   or 15) and integer x' with 127 in every block (int8 with scale 1), and the head columns' x' in
+//   {-127, 0, 127} (16 bits on the scale 127 / 32767: exact), so the result is the reference's up
+//   to float32 rounding: any misplaced nibble, block, row or scale shows.
 // - random: within kDense4Rel of the reference, and not the sums of the level-4 lookup route.
 void check_dense4(std::mt19937& rng, VQGemmDims d, bool exact) {
   for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
@@ -221,7 +222,8 @@ void check_dense4(std::mt19937& rng, VQGemmDims d, bool exact) {
       for (int64_t m = 0; m < M; ++m)
         for (int64_t p = 0; p < d.K; ++p)
           x[size_t(m * d.K + w.perm[size_t(p)])] =
-              exact ? float(p >= 64 && (p - 64) % 32 == 0 ? (coin(rng) ? 127 : -127) : u(rng)) : g(rng);
+              exact ? float(p < 64 ? 127 * (int(rng() % 3) - 1) : (p - 64) % 32 == 0 ? (coin(rng) ? 127 : -127) : u(rng))
+                    : g(rng);
       vq_gemm_reference(w.desc, x.data(), M, ref.data());
       PrepackedPtr p0 = prepack(w.desc, 4, isa);
       setenv("VQ2TRT_DENSE4", "1", 1);

@@ -13,6 +13,7 @@
 // conversion and FMA per row) ran 20-35 % slower on Zen 3 (benchmarks/RESULTS.md).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -33,8 +34,8 @@ constexpr int64_t kPrefetchBytes = 4096;
 
 }  // namespace
 
-void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float* xh, const float* xhsum, int64_t M,
-                 float* y, int64_t N, int64_t n0, int64_t n1) {
+void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const int16_t* xh, const float* xhsum,
+                 int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m256i ones = _mm256_set1_epi16(1);
   const int64_t blocks = w.blocks, hc = w.head_cols, xs = blocks * kDense4Block;
@@ -44,25 +45,36 @@ void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float
       const int8_t* xm = xq + m * xs;
       const float* svm = sv + m * blocks * 8;
       float head[4] = {0.f, 0.f, 0.f, 0.f};
-      if (hc > 0) {  // 8-bit head against x' in float32: 4 rows share each x' load
-        const float* xhm = xh + m * hc;
-        __m256 h0 = _mm256_setzero_ps(), h1 = h0, h2 = h0, h3 = h0;
-        auto wrow = [&](int r, int64_t c) {
-          return _mm256_cvtepi32_ps(
-              _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qg + r * hc + c))));
-        };
-        for (int64_t c = 0; c < hc; c += 8) {
-          const __m256 xv = _mm256_loadu_ps(xhm + c);
-          h0 = _mm256_fmadd_ps(wrow(0, c), xv, h0);
-          h1 = _mm256_fmadd_ps(wrow(1, c), xv, h1);
-          h2 = _mm256_fmadd_ps(wrow(2, c), xv, h2);
-          h3 = _mm256_fmadd_ps(wrow(3, c), xv, h3);
+      if (hc > 0) {  // 8-bit head against 16-bit x': vpmaddwd, 4 rows share each x' load
+        const int16_t* xhm = xh + m * hc;
+        // 16 columns a pass; int32 lanes hold at most 2 · 16 · 255 · 32767 (< 2^31) per 16
+        // passes, so the sums go to float every 256 columns.
+        __m256 f[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (int64_t c0 = 0; c0 < hc; c0 += 256) {
+          __m256i h[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                          _mm256_setzero_si256()};
+          int64_t c = c0;
+          for (; c + 16 <= std::min(hc, c0 + 256); c += 16) {
+            const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xhm + c));
+            for (int r = 0; r < 4; ++r) {
+              const __m256i wv = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg + r * hc + c)));
+              h[r] = _mm256_add_epi32(h[r], _mm256_madd_epi16(wv, xv));
+            }
+          }
+          if (c < std::min(hc, c0 + 256)) {  // head_cols is a multiple of 8: one 8-column step
+            const __m256i xv = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xhm + c)));
+            for (int r = 0; r < 4; ++r) {
+              const __m256i wv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qg + r * hc + c)));
+              h[r] = _mm256_add_epi32(h[r], _mm256_mullo_epi32(wv, xv));
+            }
+          }
+          for (int r = 0; r < 4; ++r) f[r] = _mm256_add_ps(f[r], _mm256_cvtepi32_ps(h[r]));
         }
         float st[4], mn[4];
         std::memcpy(st, qg + 4 * hc, 16);
         std::memcpy(mn, qg + 4 * hc + 16, 16);
-        const float hs[4] = {hsum(h0), hsum(h1), hsum(h2), hsum(h3)};
-        for (int r = 0; r < 4; ++r) head[r] = st[r] * hs[r] + mn[r] * xhsum[m];
+        const float sx = xhsum[2 * m + 1], xsum = xhsum[2 * m];
+        for (int r = 0; r < 4; ++r) head[r] = st[r] * (sx * hsum(f[r])) + mn[r] * xsum;
       }
       // Lanes 0-3: the rows' step units; 4-7: their minimum units, and (base_hi) bases.
       const float* par = reinterpret_cast<const float*>(qg + w.head_bytes());

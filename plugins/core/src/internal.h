@@ -251,9 +251,9 @@ void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t by
 // Decode with the Dense4 form (dense4_avx2.cpp): y[m * N + n] += row n's dot with activation row m
 // for n in [n0, n1) (n0 a multiple of 4). xq [M, blocks · 32]: x' rounded to int8 per block; sv
 // [M, blocks, 8]: its scale 4 times, then Σ x' over the block (float32) 4 times. xh [M, head_cols]:
-// x' over the head columns (zero past col0), xhsum [M]: its sum.
-void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const float* xh, const float* xhsum, int64_t M,
-                 float* y, int64_t N, int64_t n0, int64_t n1);
+// x' over the head columns at 16 bits (zero past col0), xhsum [M, 2]: their exact sum, the scale.
+void dense4_gemv(const Dense4& w, const int8_t* xq, const float* sv, const int16_t* xh, const float* xhsum,
+                 int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
 // x'[q] = x[perm[q]] · pscale[q] for q < K, and vqgemm.cpp's dot_f64 (same lanes, same sums):
 // prep_avx2.cpp.
 void permute_scale(const float* x, const int32_t* perm, const float* pscale, int64_t K, float* out);
