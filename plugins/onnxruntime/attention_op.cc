@@ -11,12 +11,6 @@
 namespace vq2trt::ort {
 namespace {
 
-std::string dims(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 [[noreturn]] void bad(const std::string& what) { fail(std::string(kAttentionOpName) + ": " + what); }
 
 void run_on_pool(void* ctx, ParallelFor::TaskFn fn, size_t n_tasks, void* arg) {
@@ -59,7 +53,7 @@ OrtStatusPtr CachedAttentionKernel::ComputeV2(OrtKernelContext* context) {
       shape.push_back(in.back() ? in.back().GetTensorTypeAndShapeInfo().GetShape() : std::vector<int64_t>{});
     }
     const auto& q = shape[0];
-    if (q.size() != 3) bad("qkv must be [batch, sequence, (num_heads + 2 kv_num_heads) * head_size], got " + dims(q));
+    if (q.size() != 3) bad("qkv must be [batch, sequence, (num_heads + 2 kv_num_heads) * head_size], got " + shape_str(q));
     const int64_t B = q[0], S = q[1], width = q[2];
     if (width % (H_ + 2 * KV_) != 0 || (width / (H_ + 2 * KV_)) % 2 != 0)
       bad("qkv's last dimension " + std::to_string(width) + " must be (num_heads + 2 kv_num_heads) = " +
@@ -69,19 +63,19 @@ OrtStatusPtr CachedAttentionKernel::ComputeV2(OrtKernelContext* context) {
       const auto& p = shape[size_t(i)];
       if (p.size() != 4 || p[0] != B || p[1] != KV_ || p[3] != D)
         bad(std::string(names[i]) + " must be [" + std::to_string(B) + ", " + std::to_string(KV_) + ", past, " +
-            std::to_string(D) + "], got " + dims(p));
+            std::to_string(D) + "], got " + shape_str(p));
     }
-    if (shape[1] != shape[2]) bad("past_key " + dims(shape[1]) + " and past_value " + dims(shape[2]) + " differ");
-    if (shape[3].size() != 1 || shape[3][0] != B) bad("seqlens_k must be [" + std::to_string(B) + "], got " + dims(shape[3]));
+    if (shape[1] != shape[2]) bad("past_key " + shape_str(shape[1]) + " and past_value " + shape_str(shape[2]) + " differ");
+    if (shape[3].size() != 1 || shape[3][0] != B) bad("seqlens_k must be [" + std::to_string(B) + "], got " + shape_str(shape[3]));
     const int64_t elems = [&] { int64_t n = 1; for (int64_t d : shape[4]) n *= d; return n; }();
-    if (elems != 1) bad("total_sequence_length must hold one value, got shape " + dims(shape[4]));
+    if (elems != 1) bad("total_sequence_length must hold one value, got shape " + shape_str(shape[4]));
     for (int i = 5; i <= 6; ++i)
       if (shape[size_t(i)].size() != 2 || shape[size_t(i)][1] != D / 2)
-        bad(std::string(names[i]) + " must be [positions, " + std::to_string(D / 2) + "], got " + dims(shape[size_t(i)]));
-    if (shape[5] != shape[6]) bad("cos_cache " + dims(shape[5]) + " and sin_cache " + dims(shape[6]) + " differ");
+        bad(std::string(names[i]) + " must be [positions, " + std::to_string(D / 2) + "], got " + shape_str(shape[size_t(i)]));
+    if (shape[5] != shape[6]) bad("cos_cache " + shape_str(shape[5]) + " and sin_cache " + shape_str(shape[6]) + " differ");
     const bool has_pos = bool(in[7]);
     if (has_pos && (shape[7].size() != 2 || shape[7][0] != B || shape[7][1] != S))
-      bad("position_ids must be [" + std::to_string(B) + ", " + std::to_string(S) + "], got " + dims(shape[7]));
+      bad("position_ids must be [" + std::to_string(B) + ", " + std::to_string(S) + "], got " + shape_str(shape[7]));
     AttentionShape s;
     s.B = B, s.S = S, s.H = H_, s.KV = KV_, s.D = D;
     s.past_len = shape[1][2];
@@ -108,12 +102,12 @@ OrtStatusPtr CachedAttentionKernel::ComputeV2(OrtKernelContext* context) {
 }
 
 OrtStatusPtr infer_attention_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
-  try {
+  return status_of([&] {
     const OrtApi& api = Ort::GetApi();
     std::vector<InputInfo> in;
     std::vector<std::string> x_symbols;
     infer_inputs(ctx, &in, &x_symbols);
-    if (in.size() < 3 || in[0].shape.size() != 3) return nullptr;  // checked at run time
+    if (in.size() < 3 || in[0].shape.size() != 3) return;  // checked at run time
     const OrtOpAttr* attr = nullptr;
     int64_t H = 0;
     size_t len = 0;
@@ -121,7 +115,7 @@ OrtStatusPtr infer_attention_shape(const OrtCustomOp*, OrtShapeInferContext* ctx
     if (!st && attr) st = api.ReadOpAttr(attr, ORT_OP_ATTR_INT, &H, sizeof(H), &len);
     if (st) {
       api.ReleaseStatus(st);
-      return nullptr;
+      return;
     }
     int64_t KV = in[1].shape.size() == 4 ? in[1].shape[1] : -1;
     const int64_t width = in[0].shape[2];
@@ -142,12 +136,7 @@ OrtStatusPtr infer_attention_shape(const OrtCustomOp*, OrtShapeInferContext* ctx
     Ort::ThrowOnError(api.SetDimensions(out, c.data(), c.size()));
     Ort::ThrowOnError(api.SetSymbolicDimensions(out, csym.data(), csym.size()));
     for (size_t o = 1; o <= 2; ++o) Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, o, out));
-    return nullptr;
-  } catch (const Ort::Exception& e) {
-    return to_status(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return to_status(ORT_FAIL, e.what());
-  }
+  }, "");
 }
 
 }  // namespace vq2trt::ort

@@ -1,15 +1,6 @@
 #include "multi_layer_ops.h"
 
 namespace vq2trt::ort {
-namespace {
-
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-}  // namespace
 
 LayerOps make_layer_ops(int64_t prenorm, float epsilon, const std::string& activation,
                         const std::vector<VQGemmDims>& dims) {
@@ -42,15 +33,15 @@ void check_layer_inputs(const LayerOps& lo, const std::vector<InputInfo>& in, in
     for (size_t i = 0; same && s.known && x.known && i < s.shape.size(); ++i)
       same = s.shape[i] < 0 || x.shape[i] < 0 || s.shape[i] == x.shape[i];
     if (!same)
-      fail("VQGemmMulti: input 1 (skip) must have X's dtype and shape " + shape_text(x.shape) +
-           ", got ONNX element type " + std::to_string(int(s.type)) + " " + shape_text(s.shape));
+      fail("VQGemmMulti: input 1 (skip) must have X's dtype and shape " + shape_str(x.shape) +
+           ", got ONNX element type " + std::to_string(int(s.type)) + " " + shape_str(s.shape));
   }
   if (lo.prenorm > 0) {
     const size_t gi = lo.extra_inputs();
     const InputInfo& g = in[gi];
     if (g.type != x.type || (g.known && (g.shape.size() != 1 || (g.shape[0] >= 0 && g.shape[0] != K))))
       fail("VQGemmMulti: input " + std::to_string(gi) + " (gamma) must be X's dtype, shape [" + std::to_string(K) +
-           "] (in_features), got ONNX element type " + std::to_string(int(g.type)) + " " + shape_text(g.shape));
+           "] (in_features), got ONNX element type " + std::to_string(int(g.type)) + " " + shape_str(g.shape));
   }
 }
 

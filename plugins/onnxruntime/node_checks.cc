@@ -24,11 +24,6 @@ ONNXTensorElementDataType ort_type(DType t) {
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + (s[i] < 0 ? std::string("?") : std::to_string(s[i]));
-  return out + "]";
-}
 
 
 // Reads the INT attributes through get(name, &value) -> found; fails on missing or bad values.
@@ -46,6 +41,12 @@ void read_attributes(Get get, VQGemmDims* d, int* accuracy_level) {
 }
 
 }  // namespace
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + (s[i] < 0 ? std::string("?") : std::to_string(s[i]));
+  return out + "]";
+}
 
 void check_x(const VQGemmDims& d, const InputInfo& x) {
   if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 &&

@@ -24,18 +24,21 @@ struct InputInfo {
 };
 
 [[noreturn]] void fail(const std::string& msg, OrtErrorCode code = ORT_INVALID_ARGUMENT);
+// "[2, ?, 576]": a shape in error messages (-1: unknown).
+std::string shape_str(const std::vector<int64_t>& s);
 OrtStatusPtr to_status(OrtErrorCode code, const char* msg);
 
-// Calls fn() and turns what it throws into an OrtStatus (nullptr on success).
+// Calls fn() and turns what it throws into an OrtStatus (nullptr on success). Shape inference
+// passes prefix "" (ORT reads a failure there as a warning at most, and names no op).
 template <typename Fn>
-OrtStatusPtr status_of(Fn&& fn) noexcept {
+OrtStatusPtr status_of(Fn&& fn, const char* prefix = "VQGemm: ") noexcept {
   try {
     fn();
     return nullptr;
   } catch (const Ort::Exception& e) {
     return to_status(e.GetOrtErrorCode(), e.what());
   } catch (const std::exception& e) {
-    return to_status(ORT_FAIL, (std::string("VQGemm: ") + e.what()).c_str());
+    return to_status(ORT_FAIL, (std::string(prefix) + e.what()).c_str());
   }
 }
 

@@ -252,7 +252,7 @@ OrtStatusPtr VQGemmMultiKernel::ComputeV2(OrtKernelContext* context) {
 }
 
 OrtStatusPtr infer_multi_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) noexcept {
-  try {
+  return status_of([&] {
     const OrtApi& api = Ort::GetApi();
     auto read = [&](const char* name, OrtOpAttrType type, void* out, size_t bytes, size_t* len) {
       const OrtOpAttr* attr = nullptr;
@@ -332,12 +332,7 @@ OrtStatusPtr infer_multi_shape(const OrtCustomOp*, OrtShapeInferContext* ctx) no
       }
     }
     check_multi_inputs(dims, lo, in);
-    return nullptr;
-  } catch (const Ort::Exception& e) {
-    return to_status(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return to_status(ORT_FAIL, e.what());
-  }
+  }, "");
 }
 
 }  // namespace vq2trt::ort
