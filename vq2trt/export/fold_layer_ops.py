@@ -49,7 +49,7 @@ def _norm_fold(norm, x: str, readers: dict, graph_outputs: set):
     return None
 
 
-def _swiglu_fold(gate: str, up: str, producer_of: dict, readers: dict, graph_outputs: set):
+def _swiglu_fold(gate: str, up: str, readers: dict, graph_outputs: set):
     """(the three nodes, the product's name) where gate and up are read only as
     Mul(Mul(gate, Sigmoid(gate)), up) (operands in either order); else None."""
     if {gate, up} & graph_outputs:
@@ -100,7 +100,7 @@ def fold_layer_ops(proto):
             attrs.update(prenorm=prenorm, epsilon=eps)
             drop.add(norm.output[0])
         if len(outputs) == 2 and len(_attr(node, "out_features")) == 2:
-            sw = _swiglu_fold(outputs[0], outputs[1], producer_of, readers, graph_outputs)
+            sw = _swiglu_fold(outputs[0], outputs[1], readers, graph_outputs)
             if sw is not None:
                 nodes, product = sw
                 outputs = [product]
