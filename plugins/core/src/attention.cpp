@@ -19,11 +19,6 @@ void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const fl
 
 namespace {
 
-bool use_avx2() {
-  const Isa isa = detect_isa();
-  return isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512;
-}
-
 // avx2::attend_heads in plain C++ (other ISAs, head sizes not a multiple of 8): G query heads
 // (q: G rows of D, rotated and scaled) against one KV head's first `keys` rows.
 void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const float* V, int64_t keys, float* out,
@@ -179,7 +174,7 @@ void cached_attention(const AttentionShape& s, const float* qkv, const float* pa
       std::fill_n(present_v + r * s.present_len * s.D + row, rest, 0.f);
     }
   }
-  Args a{&s, qkv, present_k, present_v, seqlens_k, pos, cos, sin, scale, out, s.S == s.total, use_avx2()};
+  Args a{&s, qkv, present_k, present_v, seqlens_k, pos, cos, sin, scale, out, s.S == s.total, is_x86(detect_isa())};
   // Decode's ~0.2 M multiply-adds per layer are not worth a dispatch: one pass on this thread.
   const bool big = s.S * s.total * s.H * s.D > (int64_t(1) << 20);
   if (big) {

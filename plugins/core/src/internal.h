@@ -14,6 +14,26 @@
 
 namespace vq2trt {
 
+// An x86 ISA with AVX2 at least (the AVX2 kernels serve AVX-VNNI and AVX-512 CPUs too).
+inline bool is_x86(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512; }
+
+// Element i of an activation tensor in dtype t, as float32, and back.
+inline float load(DType t, const void* p, int64_t i) {
+  switch (t) {
+    case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+inline void store(DType t, void* p, int64_t i, float v) {
+  switch (t) {
+    case DType::kFloat16: static_cast<uint16_t*>(p)[i] = float_to_half(v); break;
+    case DType::kBFloat16: static_cast<uint16_t*>(p)[i] = float_to_bf16(v); break;
+    default: static_cast<float*>(p)[i] = v;
+  }
+}
+
 struct Part {
   int64_t col0 = 0, count = 0;  // permuted positions col0 .. col0+count-1
   int64_t v = 1, rows = 0;      // vector length, R = ceil(N / v)

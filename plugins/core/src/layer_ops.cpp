@@ -15,22 +15,6 @@ void silu_mul(const float* g, const float* u, int64_t n, float* y);
 
 namespace {
 
-float load(DType t, const void* p, int64_t i) {
-  switch (t) {
-    case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
-void store(DType t, void* p, int64_t i, float v) {
-  switch (t) {
-    case DType::kFloat16: static_cast<uint16_t*>(p)[i] = float_to_half(v); break;
-    case DType::kBFloat16: static_cast<uint16_t*>(p)[i] = float_to_bf16(v); break;
-    default: static_cast<float*>(p)[i] = v;
-  }
-}
-
 float round_to(DType t, float v) {
   if (t == DType::kFloat16) return half_to_float(float_to_half(v));
   if (t == DType::kBFloat16) return bf16_to_float(float_to_bf16(v));
@@ -149,8 +133,7 @@ void rms_norm(DType t, const void* x, const void* skip, const void* gamma, float
 void silu_mul(DType t, const void* g, const void* u, int64_t M, int64_t N, void* y, Isa isa,
               const ParallelFor& parallel) {
   if (M <= 0 || N <= 0) return;
-  const bool avx2 = isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512;
-  SiluArgs a{t, g, u, M, N, y, avx2};
+  SiluArgs a{t, g, u, M, N, y, is_x86(isa)};
   for_rows(M, parallel, silu_rows, &a);
 }
 

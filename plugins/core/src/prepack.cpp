@@ -32,8 +32,6 @@ int rank(Isa isa) {
   }
 }
 
-bool is_x86(Isa isa) { return isa == Isa::kAvx2 || isa == Isa::kAvxVnni || isa == Isa::kAvx512; }
-
 // vpgatherdd on AMD's AVX2-only cores (Zen 1-3; Zen 4 on has AVX-512 and never asks) is
 // microcoded and slow: on a Zen 3 EPYC the 8-column gather kernel ran the v4-k256 decode chain at
 // 0.75-0.86x the float kernel's speed (RESULTS.md), while on Intel it is 1.5x faster. VQ2TRT_GATHER=0|1

@@ -161,14 +161,6 @@ void run_rows(void* arg, size_t task) {
   }
 }
 
-float load(DType t, const void* x, int64_t i) {
-  switch (t) {
-    case DType::kFloat16: return half_to_float(static_cast<const uint16_t*>(x)[i]);
-    case DType::kBFloat16: return bf16_to_float(static_cast<const uint16_t*>(x)[i]);
-    default: return static_cast<const float*>(x)[i];
-  }
-}
-
 // The portable twin of avx512::quantize_segment (same rounding: nearest even), for AVX2 CPUs.
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
   const int64_t padded = ceil_div(count, 64) * 64;
