@@ -49,12 +49,30 @@ constexpr double kDense4RelTol = 0.35;
 
 int failures = 0;
 
+// Whether AVX2 decode (M <= 8) takes 256/512-entry tables on the int8 route: only with gathers,
+// which prepack.cpp (avx2_gather_is_fast) turns off on AMD unless VQ2TRT_GATHER=1. A Zen 4 or 5
+// capped to AVX2 stands in for a Zen 3 there, so its AVX2 decode of those tables is float.
+bool avx2_decode_gathers() {
+  if (const char* g = std::getenv("VQ2TRT_GATHER")) {
+    if (!std::strcmp(g, "0")) return false;
+    if (!std::strcmp(g, "1")) return true;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 // Whether AVX2 and AVX-512 put the same parts on the int8 route at level 4 (prepack.cpp): AVX-512
-// takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9.
-bool same_int8_parts(const VQGemmDims& d) {
-  auto same = [](int64_t v, int64_t k) {
+// takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9 (in
+// decode only where it gathers).
+bool same_int8_parts(const VQGemmDims& d, int64_t M) {
+  const bool wide = M > 8 || avx2_decode_gathers();
+  auto same = [wide](int64_t v, int64_t k) {
     const int b = index_bits(k);
-    return b <= 4 || (b <= 8 && v == 4) || (b <= 9 && v == 3) || b > 9;
+    return b <= 4 || (wide && ((b <= 8 && v == 4) || (b <= 9 && v == 3))) || b > 9;
   };
   return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
 }
@@ -117,7 +135,7 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
     // the int8 route: same quantized x and tables, so float32 rounding apart.
     // AVX-VNNI (vpdpbusd on the k <= 16 tables) is held to the same bound.
     for (Isa isa : {Isa::kAvx2, Isa::kAvxVnni}) {
-      if (native_isa(Isa::kAvx512) != Isa::kAvx512 || native_isa(isa) != isa || !same_int8_parts(d)) continue;
+      if (native_isa(Isa::kAvx512) != Isa::kAvx512 || native_isa(isa) != isa || !same_int8_parts(d, M)) continue;
       PrepackedPtr p2 = prepack(w.desc, 4, isa), p5 = prepack(w.desc, 4, Isa::kAvx512);
       std::vector<float> y5(y.size());
       vq_gemm(*p2, DType::kFloat32, x.data(), M, y.data());
