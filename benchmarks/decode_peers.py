@@ -60,6 +60,11 @@ def genai_int4(work: Path, gguf: Path) -> Path | None:
         from vq2trt.models import load_model
 
         model, tok = load_model(str(gguf), device="cpu")
+        # transformers marks a GGUF-loaded model as quantized (its weights are float by now) and
+        # refuses to save it ("quantized with gguf and is not serializable", 5.x): unmark it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.save_pretrained(hf)
         tok.save_pretrained(hf)
     print(f"decode_peers: onnxruntime_genai.models.builder -p int4 -e cpu -> {out}", flush=True)
