@@ -20,6 +20,7 @@ namespace avx512 {
 namespace {
 
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t hi(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // The lines of next[sb·chunk, (sb+1)·chunk) ∩ next[0, bytes) into L2: one slice per 256 columns
 // spreads a row's prefetches over the pass (a division per block cost more than the prefetch won).
@@ -236,6 +237,116 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
             y[m * N + n - y0] += pt.qs[jc + jj] * (sums[m * jv + jj] - corr[m * corr_stride]) + pt.qc[jc + jj] * xsum[m * corr_stride];
         }
     }
+  }
+}
+
+namespace {
+
+// 64 bytes of one byte table of E entries at the indices ix (bit 7 in b7; bit 8 in hi9, E = 512),
+// the table read from memory (operands of the permutes, no copies).
+template <int E>
+inline __m512i lookup_bytes(const uint8_t* t, __m512i ix, __mmask64 b7, __mmask64 hi9) {
+  auto ld = [t](int i) { return _mm512_loadu_si512(t + 64 * i); };
+  if (E == 64) return _mm512_permutexvar_epi8(ix, ld(0));
+  const __m512i a = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(ld(0), ix, ld(1)),
+                                           _mm512_permutex2var_epi8(ld(2), ix, ld(3)));
+  if (E == 256) return a;
+  const __m512i b = _mm512_mask_blend_epi8(b7, _mm512_permutex2var_epi8(ld(4), ix, ld(5)),
+                                           _mm512_permutex2var_epi8(ld(6), ix, ld(7)));
+  return _mm512_mask_blend_epi8(hi9, a, b);
+}
+
+template <int V, int E>
+void head16_rows(const Part& pt, const int16_t* xh, const float* sxh, const float* xsum, int64_t mb, int64_t mn,
+                 float* y, int64_t N, int64_t n0, int64_t n1, uint8_t* scratch) {
+  // vpunpck{l,h}bw interleave within 128-bit lanes: this order of the index bytes makes the
+  // low / high words of the two lookups columns 0-31 and 32-63 in order, so x' is read as it lies.
+  static const __m512i ord = _mm512_set_epi8(
+      63, 62, 61, 60, 59, 58, 57, 56, 31, 30, 29, 28, 27, 26, 25, 24, 55, 54, 53, 52, 51, 50, 49, 48, 23, 22, 21,
+      20, 19, 18, 17, 16, 47, 46, 45, 44, 43, 42, 41, 40, 15, 14, 13, 12, 11, 10, 9, 8, 39, 38, 37, 36, 35, 34, 33,
+      32, 7, 6, 5, 4, 3, 2, 1, 0);
+  const int64_t count = pt.count;
+  const __mmask64 cmask = count >= 64 ? ~__mmask64(0) : (__mmask64(1) << count) - 1;
+  // Columns past count read the next part's x': their weights are zeroed.
+  const __mmask32 m0 = __mmask32(cmask), m1 = __mmask32(cmask >> 32);
+  const bool direct = pt.bits == 8 && pt.skip_bits % 8 == 0;
+  for (int64_t r = n0 / V; r * V < n1; ++r) {
+    const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
+    __m512i ix;
+    __mmask64 hi9 = 0;
+    if (direct) {
+      ix = _mm512_maskz_loadu_epi8(cmask, reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8);
+    } else {
+      unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, count, 1, false, scratch);
+      ix = _mm512_load_si512(scratch);
+      if (E == 512) {
+        uint64_t h;
+        std::memcpy(&h, scratch + 64, 8);
+        hi9 = _mm512_movepi8_mask(_mm512_permutexvar_epi8(ord, _mm512_movm_epi8(__mmask64(h))));
+      }
+    }
+    ix = _mm512_permutexvar_epi8(ord, ix);
+    const __mmask64 b7 = E >= 256 ? _mm512_movepi8_mask(ix) : 0;
+    __m512i w0[V], w1[V];
+    for (int j = 0; j < V; ++j) {
+      const __m512i lo8 = lookup_bytes<E>(pt.h16 + (2 * j) * E, ix, b7, hi9);
+      const __m512i hi8 = lookup_bytes<E>(pt.h16 + (2 * j + 1) * E, ix, b7, hi9);
+      w0[j] = _mm512_maskz_mov_epi16(m0, _mm512_unpacklo_epi8(lo8, hi8));
+      w1[j] = _mm512_maskz_mov_epi16(m1, _mm512_unpackhi_epi8(lo8, hi8));
+    }
+    // The V outputs of this row: the int32 sums of 4 components (zero past V) folded into one
+    // 128-bit lane by 2 unpack rounds and 2 lane shuffles (4 horizontal sums cost twice that),
+    // then one 4-lane multiply-add and a masked add into y.
+    const int64_t nb = r * V;
+    const __mmask8 lanes = __mmask8(((1u << V) - 1) & ~((1u << hi(0, n0 - nb)) - 1) & ((1u << lo(V, n1 - nb)) - 1));
+    const __m128 qs = _mm_maskz_loadu_ps(__mmask8((1u << V) - 1), pt.qs);
+    const __m128 qc = _mm_maskz_loadu_ps(__mmask8((1u << V) - 1), pt.qc);
+    for (int64_t m = 0; m < mn; ++m) {
+      const int16_t* xr = xh + (mb + m) * 128 + pt.col0;
+      const __m512i x0 = _mm512_loadu_si512(xr), x1 = _mm512_loadu_si512(xr + 32);
+      // 13-bit weights x 14-bit x': each int32 lane sums 4 products, < 2^27.
+      __m512i a[4];
+      for (int j = 0; j < 4; ++j)
+        a[j] = j < V ? _mm512_dpwssd_epi32(_mm512_madd_epi16(w0[j], x0), w1[j], x1) : _mm512_setzero_si512();
+      const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+      const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+      __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+      u = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, _MM_SHUFFLE(1, 0, 3, 2)));
+      u = _mm512_add_epi32(u, _mm512_shuffle_i32x4(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
+      const __m128 f = _mm_mul_ps(_mm_cvtepi32_ps(_mm512_castsi512_si128(u)), _mm_set1_ps(sxh[mb + m]));
+      const __m128 add = _mm_fmadd_ps(qs, f, _mm_mul_ps(qc, _mm_set1_ps(xsum[m])));
+      float* yr = y + (mb + m) * N + nb;
+      _mm_mask_storeu_ps(yr, lanes, _mm_add_ps(_mm_maskz_loadu_ps(lanes, yr), add));
+    }
+  }
+}
+
+}  // namespace
+
+void part_head16(const Part& pt, const float* xp, int64_t xs, const int16_t* xh, const float* sxh, int64_t M,
+                 float* y, int64_t N, int64_t n0, int64_t n1, uint8_t* scratch) {
+  const int64_t count = pt.count;
+  const __mmask64 cmask = count >= 64 ? ~__mmask64(0) : (__mmask64(1) << count) - 1;
+  using Fn = void (*)(const Part&, const int16_t*, const float*, const float*, int64_t, int64_t, float*, int64_t,
+                      int64_t, int64_t, uint8_t*);
+  static constexpr Fn table[4][3] = {
+      {head16_rows<1, 64>, head16_rows<1, 256>, head16_rows<1, 512>},
+      {head16_rows<2, 64>, head16_rows<2, 256>, head16_rows<2, 512>},
+      {head16_rows<3, 64>, head16_rows<3, 256>, head16_rows<3, 512>},
+      {head16_rows<4, 64>, head16_rows<4, 256>, head16_rows<4, 512>}};
+  const Fn fn = table[pt.v - 1][pt.h16n == 64 ? 0 : pt.h16n == 256 ? 1 : 2];
+  // Activation rows in blocks of 8 (decode calls have at most 8); each block repeats the lookups.
+  for (int64_t mb = 0; mb < M; mb += 8) {
+    const int64_t mn = lo(8, M - mb);
+    float xsum[8];  // Σ x' over the part's columns: the codebook centres' term, in float32
+    for (int64_t m = 0; m < mn; ++m) {
+      const float* xr = xp + (mb + m) * xs + pt.col0;
+      __m512 a = _mm512_setzero_ps();
+      for (int64_t c = 0; c < count; c += 16)
+        a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(__mmask16(cmask >> c), xr + c));
+      xsum[m] = _mm512_reduce_add_ps(a);
+    }
+    fn(pt, xh, sxh, xsum, mb, mn, y, N, n0, n1, scratch);
   }
 }
 

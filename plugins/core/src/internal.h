@@ -88,6 +88,15 @@ struct Part {
   // tokens) against 0.0107 / 0.0100 with the float head; with 8-bit x (the int8 route's
   // precision) 0.065. -1: none (int8 stays false).
   int wseg = -1;
+  // AVX-512 level 4 (decode and prefill), a head of the int8 route with v <= 4 and bits <= 9: the
+  // same 13-bit tables as wseg's (qscale / qcenter) as two byte tables per component, [v][2][h16n]
+  // (low bytes, then high bytes; h16n = 64, 256 or 512 entries), looked up with vpermb /
+  // vpermi2b as the int8 route looks up its bytes; x' at 14 bits with one scale per row over the
+  // first Prepacked::head16_cols columns; vpdpwssd sums (avx512::part_head16). The float kernel
+  // loaded one table row per index and column: at K = 576 the 64 head columns were 14 % of a
+  // SmolLM2 decode step's samples on Zen 4, against 28 % for the 512 int8 columns.
+  std::vector<uint8_t> h16tab;
+  int64_t h16n = 0;
   int64_t entries = 0;          // codebook entries (k); the tables have 2^bits
   int64_t pair = -1;
   bool paired = false;
@@ -104,6 +113,7 @@ struct Part {
   const uint8_t* pt = nullptr;   // ptab, or null
   const float* ps = nullptr;
   const float* pc = nullptr;
+  const uint8_t* h16 = nullptr;  // h16tab, or null
 };
 
 // A column range of x' quantized to int8 (scale per 256 columns, bytes zero padded to 64). It
@@ -177,6 +187,7 @@ struct Prepacked {
   std::vector<Segment> wide;
   int64_t wide_pairs = 0;
   Dense4 dense4;
+  int64_t head16_cols = 0;       // x' columns [0, head16_cols) the Part::h16tab heads read; 0: none
   int64_t max_count = 0;                // longest part, for scratch sizing
   int64_t row_unit = 1;                 // task boundaries are multiples of this (lcm of v's)
 };
@@ -296,6 +307,11 @@ void part_int8_prefill(const Part& pt, const int8_t* xq, int64_t xq_stride, cons
 // bytes, then nblk uint64 masks of bit 8 (out needs nblk · 72 bytes).
 void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bits, int64_t count, int64_t nblk,
                         bool split, uint8_t* out);
+// A Part::h16tab head (count <= 64): y[m * N + n] += its dot with activation row m, from xh
+// ([M, 128] int16: 14-bit x' over columns [0, 128), zero past head16_cols) with scale sxh[m] and
+// the float x' (xp, row stride xs) for the codebook centre's term. scratch: 64-byte aligned, 128 bytes.
+void part_head16(const Part& pt, const float* xp, int64_t xs, const int16_t* xh, const float* sxh, int64_t M,
+                 float* y, int64_t N, int64_t n0, int64_t n1, uint8_t* scratch);
 // x'[0, count) -> int8 q (zero padded to a multiple of 64) with one scale per kXBlock columns in
 // sx; returns Σ_blocks sx · 128 · Σ q, the offset the unsigned tables add.
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);

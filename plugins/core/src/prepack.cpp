@@ -314,6 +314,19 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
       make_wide_tables(pt);
       pt.wseg = add_wide(pt.col0, pt.count);
     }
+    if (int8 == Isa::kAvx512 && pt.v <= 4 && pt.col0 + hn <= kInt8HeadCols) {
+      make_wide_tables(pt);
+      pt.h16n = pt.bits <= 6 ? 64 : pt.bits <= 8 ? 256 : 512;
+      pt.h16tab.assign(size_t(pt.v * 2 * pt.h16n), 0);
+      for (int64_t j = 0; j < pt.v; ++j)
+        for (int64_t i = 0; i < (int64_t(1) << pt.bits); ++i) {
+          const uint16_t w = uint16_t(pt.wtab16[size_t(4 * i + j)]);
+          pt.h16tab[size_t((2 * j) * pt.h16n + i)] = uint8_t(w & 0xff);
+          pt.h16tab[size_t((2 * j + 1) * pt.h16n + i)] = uint8_t(w >> 8);
+        }
+      pt.wtab16.clear();
+      p.head16_cols = std::max(p.head16_cols, pt.col0 + hn);
+    }
     push(std::move(pt));
     if (hn < tail.count) {
       tail.col0 += hn;
@@ -363,8 +376,9 @@ PrepackedPtr prepack(const VQGemmDesc& w, int accuracy_level, Isa isa) {
     q.ft = q.ftab.data();
     q.ft4 = q.ftab4.empty() ? nullptr : q.ftab4.data();
     q.qt = q.int8 ? q.qtab.data() : nullptr;
-    q.qs = q.int8 || q.wseg >= 0 ? q.qscale.data() : nullptr;
-    q.qc = q.int8 || q.wseg >= 0 ? q.qcenter.data() : nullptr;
+    q.qs = q.int8 || q.wseg >= 0 || q.h16n ? q.qscale.data() : nullptr;
+    q.qc = q.int8 || q.wseg >= 0 || q.h16n ? q.qcenter.data() : nullptr;
+    q.h16 = q.h16tab.empty() ? nullptr : q.h16tab.data();
     q.w16 = (q.int8 || q.wseg >= 0) && !q.wtab16.empty() ? q.wtab16.data() : nullptr;
     q.w8 = q.int8 && !q.wtab8.empty() ? q.wtab8.data() : nullptr;
     q.pt = q.ptab.empty() ? nullptr : q.ptab.data();

@@ -49,6 +49,8 @@ struct Call {
   const float* sv4;           // [M, blocks, 8]: dense4_gemv's sv
   const int16_t* xh4;         // [M, head_cols]: x' over Dense4's head columns at 16 bits
   const float* xhsum4;        // [M, 2]: its exact sum, the 16 bits' scale
+  const int16_t* xh16;        // [M, 128]: x' over [0, head16_cols) at 14 bits (Part::h16tab heads), or null
+  const float* sxh16;         // [M]: its scale
   float* y;                   // [M, N]
 };
 
@@ -87,6 +89,9 @@ void run_rows(void* arg, size_t task) {
     // AVX-512 CPUs take it too for decode (M <= 8) at level 0: 1.8x the AVX-512 float kernel at
     // M = 1 on Zen 4/5 (their table-row loads are the limit at any width); prefill and the int8
     // route's heads stay on the AVX-512 kernels, which are as fast there.
+    if (c.xh16 && q.h16)
+      return avx512::part_head16(q, c.xp, p.dims.K, c.xh16, c.sxh16, c.M, c.y, N, n0, n1,
+                                 reinterpret_cast<uint8_t*>(scratch));
     if (head && c.x16h && q.wseg >= 0) {
       const int64_t nw = int64_t(p.wide.size());
       return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 8, p.wide_pairs * 8,
@@ -223,6 +228,8 @@ struct Prep {
   float* sv4;
   int16_t* xh4;
   float* xhsum4;
+  int16_t* xh16;    // Part::h16tab heads (Call::xh16), or null
+  float* sxh16;
 };
 
 // x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
@@ -281,6 +288,16 @@ void prep_rows(void* arg, size_t task) {
       c.xhsum4[2 * m + 1] = scale;
     }
 #endif
+    if (c.xh16) {  // 14-bit, as quantize_wide: the AVX2 prefill's heads get the same x'
+      const int64_t hc = p.head16_cols;
+      float amax = 0.f;
+      for (int64_t q = 0; q < hc; ++q) amax = std::max(amax, std::fabs(xo[q]));
+      const float inv = amax > 0.f ? 8191.f / amax : 0.f;
+      int16_t* o = c.xh16 + m * 128;
+      for (int64_t q = 0; q < 128; ++q)
+        o[q] = q < hc ? int16_t(std::clamp(std::nearbyint(xo[q] * inv), -8191.f, 8191.f)) : int16_t(0);
+      c.sxh16[m] = amax / 8191.f;
+    }
     if (!c.xq) continue;
     const int64_t nw = int64_t(p.wide.size());
     if (c.x16h)
@@ -319,8 +336,9 @@ struct CallBuffers {
   std::vector<int8_t> xq;
   std::vector<int16_t> x16, x16h;
   std::vector<float> sxh, xsumh, sv4, xhsum4;
-  std::vector<int16_t> xh4;
+  std::vector<int16_t> xh4, xh16;
   std::vector<int8_t> xq4;
+  std::vector<float> sxh16;
 };
 
 // Frees the buffers that outgrew decode sizes when a call ends (normal return or exception).
@@ -331,7 +349,7 @@ void trim_buffers(CallBuffers& b) {
   };
   trim(b.xp), trim(b.sx), trim(b.corr), trim(b.xsum), trim(b.ybuf), trim(b.xq), trim(b.x16), trim(b.x16h);
   trim(b.sxh), trim(b.xsumh), trim(b.sv4), trim(b.xq4), trim(b.xh4), trim(b.xhsum4);
-  trim(b.rowconst);
+  trim(b.rowconst), trim(b.xh16), trim(b.sxh16);
 }
 
 struct BufferTrim {
@@ -362,7 +380,16 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
     buf.xsum.assign(size_t(M * nseg), 0.f);
   }
   Prep prep{&p, x_type, x, M, 0, buf.xp.data(), buf.rowconst.data(), nullptr, nullptr, nullptr, nullptr, nullptr,
-            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+            nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  // The int16 heads (AVX-512 level 4) in decode, where the parts run (not in a Dense4 decode).
+  // Prefill keeps the float heads: the tiled float kernel serves 128 rows ~9 % faster than
+  // part_head16's per-row sums (SmolLM2's 128-token prefill through GenAI, Zen 4).
+  if (p.head16_cols > 0 && any_int8 && M <= kMaxInt8Rows) {
+    buf.xh16.resize(size_t(M * 128));
+    buf.sxh16.resize(size_t(M));
+    prep.xh16 = buf.xh16.data();
+    prep.sxh16 = buf.sxh16.data();
+  }
   if (dense4) {
     const int64_t nb = p.dense4.blocks;
     buf.xq4.resize(size_t(M * nb * kDense4Block));
@@ -400,7 +427,8 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
   prep.rows_per_task = M > kMaxInt8Rows ? ceil_div(M, int64_t(16)) : M;
   parallel(prep_rows, size_t(ceil_div(M, prep.rows_per_task)), &prep);
   *out = Call{&p, M, 0, buf.xp.data(), prep.xq, prep.sx, prep.corr, prep.xsum, prep.x16, any_int8,
-              buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, prep.xh4, prep.xhsum4, y32};
+              buf.rowconst.data(), prep.x16h, prep.sxh, prep.xsumh, prep.xq4, prep.sv4, prep.xh4, prep.xhsum4,
+              prep.xh16, prep.sxh16, y32};
   // Enough tasks (16) for load balance on a few cores, each a multiple of every part's vector
   // length and, in decode, of at least ~64K weights: SmolLM2's k/v projections (192 x 576) came
   // in 16 tasks of 12 rows, and at 30 us a call for 110K weights ran at a quarter of the speed
