@@ -46,27 +46,12 @@ constexpr double kDense4RelTol = 0.35;
 
 int failures = 0;
 
-// Whether AVX2 decode (M <= 8) takes 256/512-entry tables on the int8 route: only with gathers,
-// which prepack.cpp (avx2_gather_is_fast) turns off on AMD unless VQ2TRT_GATHER=1. A Zen 4 or 5
-// capped to AVX2 stands in for a Zen 3 there, so its AVX2 decode of those tables is float.
-bool avx2_decode_gathers() {
-  if (const char* g = std::getenv("VQ2TRT_GATHER")) {
-    if (!std::strcmp(g, "0")) return false;
-    if (!std::strcmp(g, "1")) return true;
-  }
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return !__builtin_cpu_is("amd");
-#else
-  return false;
-#endif
-}
-
 // Whether AVX2 and AVX-512 put the same parts on the int8 route at level 4 (prepack.cpp): AVX-512
 // takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9 (in
-// decode only where it gathers).
+// decode only where it gathers: avx2_gather_is_fast, off on AMD, where a Zen 4 or 5 capped to
+// AVX2 stands in for a Zen 3).
 bool same_int8_parts(const VQGemmDims& d, int64_t M) {
-  const bool wide = M > 8 || avx2_decode_gathers();
+  const bool wide = M > 8 || avx2_gather_is_fast();
   auto same = [wide](int64_t v, int64_t k) {
     const int b = index_bits(k);
     return b <= 4 || (wide && ((b <= 8 && v == 4) || (b <= 9 && v == 3))) || b > 9;

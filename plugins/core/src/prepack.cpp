@@ -11,6 +11,23 @@ namespace vq2trt {
 
 void PrepackedDeleter::operator()(Prepacked* p) const { delete p; }
 
+// vpgatherdd on AMD's AVX2-only cores (Zen 1-3; a Zen 4 asks only when capped to AVX2) is
+// microcoded and slow: on a Zen 3 EPYC the 8-column gather kernel ran the v4-k256 decode chain at
+// 0.75-0.86x the float kernel's speed (RESULTS.md), while on Intel it is 1.5x faster.
+// VQ2TRT_GATHER=0|1 overrides, to compare both on one machine.
+bool avx2_gather_is_fast() {
+  if (const char* g = std::getenv("VQ2TRT_GATHER")) {
+    if (!std::strcmp(g, "0")) return false;
+    if (!std::strcmp(g, "1")) return true;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 bool cpu_has_avx_vnni() {
@@ -30,23 +47,6 @@ int rank(Isa isa) {
     case Isa::kAvx512: return 3;
     default: return 0;
   }
-}
-
-// vpgatherdd on AMD's AVX2-only cores (Zen 1-3; Zen 4 on has AVX-512 and never asks) is
-// microcoded and slow: on a Zen 3 EPYC the 8-column gather kernel ran the v4-k256 decode chain at
-// 0.75-0.86x the float kernel's speed (RESULTS.md), while on Intel it is 1.5x faster. VQ2TRT_GATHER=0|1
-// overrides, to compare both on one machine.
-bool avx2_gather_is_fast() {
-  if (const char* g = std::getenv("VQ2TRT_GATHER")) {
-    if (!std::strcmp(g, "0")) return false;
-    if (!std::strcmp(g, "1")) return true;
-  }
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return !__builtin_cpu_is("amd");
-#else
-  return false;
-#endif
 }
 
 // Opt-in (VQ2TRT_PAIR=1): the shared byte scale is at least twice as coarse as the main part's

@@ -31,6 +31,9 @@ Isa detect_isa();
 // The ISA prepack() uses for a request: at most detect_isa(), and this build's best for a
 // request of the other architecture.
 Isa native_isa(Isa wanted);
+// Whether AVX2 decode (M <= 8) takes 256/512-entry tables on the int8 route, by vpgatherdd: not on
+// AMD (microcoded gathers before Zen 4) unless VQ2TRT_GATHER=1; VQ2TRT_GATHER=0 turns it off.
+bool avx2_gather_is_fast();
 const char* isa_name(Isa isa);
 
 struct Prepacked;  // opaque: parts, lookup tables, permuted scales
