@@ -270,44 +270,54 @@ void head16_rows(const Part& pt, const int16_t* xh, const float* sxh, const floa
   // Columns past count read the next part's x': their weights are zeroed.
   const __mmask32 m0 = __mmask32(cmask), m1 = __mmask32(cmask >> 32);
   const bool direct = pt.bits == 8 && pt.skip_bits % 8 == 0;
-  for (int64_t r = n0 / V; r * V < n1; ++r) {
-    const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + r * pt.words;
-    __m512i ix;
-    __mmask64 hi9 = 0;
-    if (direct) {
-      ix = _mm512_maskz_loadu_epi8(cmask, reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8);
-    } else {
-      unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, count, 1, false, scratch);
-      ix = _mm512_load_si512(scratch);
-      if (E == 512) {
-        uint64_t h;
-        std::memcpy(&h, scratch + 64, 8);
-        hi9 = _mm512_movepi8_mask(_mm512_permutexvar_epi8(ord, _mm512_movm_epi8(__mmask64(h))));
+  // RR vector rows a pass, so that one fold serves 4 outputs: the outlier parts (v = 2, a few
+  // columns) spent most of their time in the fold and the update of y.
+  constexpr int RR = V <= 2 ? 4 / V : 1, S = RR * V;
+  alignas(16) float qsv[4] = {0.f, 0.f, 0.f, 0.f}, qcv[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int k = 0; k < S; ++k) qsv[k] = pt.qs[k % V], qcv[k] = pt.qc[k % V];
+  const __m128 qs = _mm_load_ps(qsv), qc = _mm_load_ps(qcv);
+  for (int64_t r = n0 / V; r * V < n1; r += RR) {
+    __m512i w0[S], w1[S];
+    for (int i = 0; i < RR; ++i) {
+      if ((r + i) * V >= n1) {  // past this task's rows (and maybe the matrix): nothing read
+        for (int j = 0; j < V; ++j) w0[i * V + j] = w1[i * V + j] = _mm512_setzero_si512();
+        continue;
+      }
+      const uint32_t* row = reinterpret_cast<const uint32_t*>(pt.indices) + (r + i) * pt.words;
+      __m512i ix;
+      __mmask64 hi9 = 0;
+      if (direct) {
+        ix = _mm512_maskz_loadu_epi8(cmask, reinterpret_cast<const uint8_t*>(row) + pt.skip_bits / 8);
+      } else {
+        unpack_index_bytes(row, pt.words, pt.skip_bits, pt.bits, count, 1, false, scratch);
+        ix = _mm512_load_si512(scratch);
+        if (E == 512) {
+          uint64_t h;
+          std::memcpy(&h, scratch + 64, 8);
+          hi9 = _mm512_movepi8_mask(_mm512_permutexvar_epi8(ord, _mm512_movm_epi8(__mmask64(h))));
+        }
+      }
+      ix = _mm512_permutexvar_epi8(ord, ix);
+      const __mmask64 b7 = E >= 256 ? _mm512_movepi8_mask(ix) : 0;
+      for (int j = 0; j < V; ++j) {
+        const __m512i lo8 = lookup_bytes<E>(pt.h16 + (2 * j) * E, ix, b7, hi9);
+        const __m512i hi8 = lookup_bytes<E>(pt.h16 + (2 * j + 1) * E, ix, b7, hi9);
+        w0[i * V + j] = _mm512_maskz_mov_epi16(m0, _mm512_unpacklo_epi8(lo8, hi8));
+        w1[i * V + j] = _mm512_maskz_mov_epi16(m1, _mm512_unpackhi_epi8(lo8, hi8));
       }
     }
-    ix = _mm512_permutexvar_epi8(ord, ix);
-    const __mmask64 b7 = E >= 256 ? _mm512_movepi8_mask(ix) : 0;
-    __m512i w0[V], w1[V];
-    for (int j = 0; j < V; ++j) {
-      const __m512i lo8 = lookup_bytes<E>(pt.h16 + (2 * j) * E, ix, b7, hi9);
-      const __m512i hi8 = lookup_bytes<E>(pt.h16 + (2 * j + 1) * E, ix, b7, hi9);
-      w0[j] = _mm512_maskz_mov_epi16(m0, _mm512_unpacklo_epi8(lo8, hi8));
-      w1[j] = _mm512_maskz_mov_epi16(m1, _mm512_unpackhi_epi8(lo8, hi8));
-    }
-    // The V outputs of this row: the int32 sums of 4 components (zero past V) folded into one
-    // 128-bit lane by 2 unpack rounds and 2 lane shuffles (4 horizontal sums cost twice that),
-    // then one 4-lane multiply-add and a masked add into y.
+    // The S outputs of this pass: the int32 sums of 4 slots (zero past S) folded into one 128-bit
+    // lane by 2 unpack rounds and 2 lane shuffles (4 horizontal sums cost twice that), then one
+    // 4-lane multiply-add and a masked add into y.
     const int64_t nb = r * V;
-    const __mmask8 lanes = __mmask8(((1u << V) - 1) & ~((1u << hi(0, n0 - nb)) - 1) & ((1u << lo(V, n1 - nb)) - 1));
-    const __m128 qs = _mm_maskz_loadu_ps(__mmask8((1u << V) - 1), pt.qs);
-    const __m128 qc = _mm_maskz_loadu_ps(__mmask8((1u << V) - 1), pt.qc);
+    const __mmask8 lanes = __mmask8(((1u << S) - 1) & ~((1u << hi(0, n0 - nb)) - 1) & ((1u << lo(S, n1 - nb)) - 1));
     for (int64_t m = 0; m < mn; ++m) {
       const int16_t* xr = xh + (mb + m) * 128 + pt.col0;
       const __m512i x0 = _mm512_loadu_si512(xr), x1 = _mm512_loadu_si512(xr + 32);
       // 13-bit weights x 14-bit x': each int32 lane sums 4 products, < 2^27.
       __m512i a[4];
-      for (int j = 0; j < 4; ++j)
-        a[j] = j < V ? _mm512_dpwssd_epi32(_mm512_madd_epi16(w0[j], x0), w1[j], x1) : _mm512_setzero_si512();
+      for (int k = 0; k < 4; ++k)
+        a[k] = k < S ? _mm512_dpwssd_epi32(_mm512_madd_epi16(w0[k], x0), w1[k], x1) : _mm512_setzero_si512();
       const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
       const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
       __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
