@@ -33,8 +33,9 @@ constexpr double kInt8RelTol = 5e-2;
 constexpr double kPairRelTol = 8e-2;
 // AVX2's level-4 prefill and AVX-512's level-4 decode take the heads (first 64 permuted columns)
 // on 13-bit tables and 14-bit x (Part::wseg, Part::h16tab) where AVX2's decode and AVX-512's
-// prefill keep them in float32: a step of 1/8190 of a component's range and 1/16382 of a row's largest head activation (up to 2.7e-3 measured
-// with a 300x activation in the head, which also sets the RMS).
+// prefill keep them in float32: a step of 1/8190 of a component's range and 1/16382 of a row's
+// largest head activation (up to 2.7e-3 measured with a 300x activation in the head, which also
+// sets the RMS).
 constexpr double kWideHeadRelTol = 5e-3;
 // Dense4 (VQ2TRT_DENSE4=1) on random weights: each weight rounded once more to 16 levels over its
 // 32-column block (step and minimum coded in a byte against the row's units), the first 64
@@ -125,8 +126,8 @@ void check_weight(std::mt19937& rng, const VQGemmDims& d, std::initializer_list<
       vq_gemm(*p2, DType::kFloat32, x.data(), M, y.data());
       vq_gemm(*p5, DType::kFloat32, x.data(), M, y5.data());
       const std::string what = std::string(name) + " M=" + std::to_string(M) + " level-4 " + isa_name(isa) + " vs avx512";
-      // The heads differ at every M: AVX-512 takes them on 13-bit tables and 14-bit x' (Part::h16tab)
-      // where AVX2's decode keeps them float and its prefill takes the same 13/14 bits.
+      // The heads differ at every M: 13-bit tables x 14-bit x' in AVX-512's decode and AVX2's
+      // prefill, float32 in AVX2's decode and AVX-512's prefill.
       compare(what.c_str(), y, y5, kWideHeadRelTol);
     }
     // Half and bfloat16 activations: inputs rounded first, so the reference sees the same X.

@@ -88,7 +88,7 @@ struct Part {
   // tokens) against 0.0107 / 0.0100 with the float head; with 8-bit x (the int8 route's
   // precision) 0.065. -1: none (int8 stays false).
   int wseg = -1;
-  // AVX-512 level 4 (decode and prefill), a head of the int8 route with v <= 4 and bits <= 9: the
+  // AVX-512 level-4 decode (M <= 8), a head of the int8 route with v <= 4 and bits <= 9: the
   // same 13-bit tables as wseg's (qscale / qcenter) as two byte tables per component, [v][2][h16n]
   // (low bytes, then high bytes; h16n = 64, 256 or 512 entries), looked up with vpermb /
   // vpermi2b as the int8 route looks up its bytes; x' at 14 bits with one scale per row over the

@@ -86,17 +86,17 @@ void run_rows(void* arg, size_t task) {
   auto float_part = [&](const Part& q, bool head) {
 #if VQ2TRT_X86
     static const bool bmi2 = __builtin_cpu_supports("bmi2");
-    // AVX-512 CPUs take it too for decode (M <= 8) at level 0: 1.8x the AVX-512 float kernel at
-    // M = 1 on Zen 4/5 (their table-row loads are the limit at any width); prefill and the int8
-    // route's heads stay on the AVX-512 kernels, which are as fast there.
-    if (c.xh16 && q.h16)
+    if (c.xh16 && q.h16)  // AVX-512 decode of a head: 13-bit tables, 14-bit x'
       return avx512::part_head16(q, c.xp, p.dims.K, c.xh16, c.sxh16, c.M, c.y, N, n0, n1,
                                  reinterpret_cast<uint8_t*>(scratch));
-    if (head && c.x16h && q.wseg >= 0) {
+    if (head && c.x16h && q.wseg >= 0) {  // AVX2 prefill of a head: the same, in the int16 tiles
       const int64_t nw = int64_t(p.wide.size());
       return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 8, p.wide_pairs * 8,
                                      c.sxh + q.wseg, nw, c.xsumh + q.wseg, nw, c.M, c.y, N, 0, n0, n1, scratch);
     }
+    // AVX-512 CPUs take it too for decode (M <= 8) at level 0: 1.8x the AVX-512 float kernel at
+    // M = 1 on Zen 4/5 (their table-row loads are the limit at any width); prefill and the int8
+    // route's other heads (prefill, v > 4) stay on the AVX-512 kernels, as fast there.
     const bool v4_b8 = bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0;
     if (v4_b8 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && !head && c.M <= kMaxInt8Rows)))
       return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
@@ -234,14 +234,19 @@ struct Prep {
 
 // x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
 // blocks of `block` int16, from the range's first column pair); returns the scale.
-float quantize_wide(const float* x, int64_t count, int64_t m, int64_t block, int16_t* x16h) {
+// x[0, count) at 14 bits with one scale (absmax / 8191), element c into out[at(c)]; returns the
+// scale. The heads' x' in both layouts below (AVX2 prefill, AVX-512 decode).
+template <class At>
+float quantize14(const float* x, int64_t count, int16_t* out, At at) {
   float amax = 0.f;
   for (int64_t c = 0; c < count; ++c) amax = std::max(amax, std::fabs(x[c]));
   const float inv = amax > 0.f ? 8191.f / amax : 0.f;
-  int16_t* o = x16h + (m >> 2) * block + (m & 3) * 2;
-  for (int64_t c = 0; c < count; ++c)
-    o[c / 2 * 8 + c % 2] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
+  for (int64_t c = 0; c < count; ++c) out[at(c)] = int16_t(std::clamp(std::nearbyint(x[c] * inv), -8191.f, 8191.f));
   return amax / 8191.f;
+}
+
+float quantize_wide(const float* x, int64_t count, int64_t m, int64_t block, int16_t* x16h) {
+  return quantize14(x, count, x16h + (m >> 2) * block + (m & 3) * 2, [](int64_t c) { return c / 2 * 8 + c % 2; });
 }
 
 void prep_rows(void* arg, size_t task) {
@@ -288,15 +293,10 @@ void prep_rows(void* arg, size_t task) {
       c.xhsum4[2 * m + 1] = scale;
     }
 #endif
-    if (c.xh16) {  // 14-bit, as quantize_wide: the AVX2 prefill's heads get the same x'
-      const int64_t hc = p.head16_cols;
-      float amax = 0.f;
-      for (int64_t q = 0; q < hc; ++q) amax = std::max(amax, std::fabs(xo[q]));
-      const float inv = amax > 0.f ? 8191.f / amax : 0.f;
+    if (c.xh16) {  // Part::h16tab heads: [0, head16_cols) in order, zero up to 128
       int16_t* o = c.xh16 + m * 128;
-      for (int64_t q = 0; q < 128; ++q)
-        o[q] = q < hc ? int16_t(std::clamp(std::nearbyint(xo[q] * inv), -8191.f, 8191.f)) : int16_t(0);
-      c.sxh16[m] = amax / 8191.f;
+      c.sxh16[m] = quantize14(xo, p.head16_cols, o, [](int64_t q) { return q; });
+      std::fill(o + p.head16_cols, o + 128, int16_t(0));
     }
     if (!c.xq) continue;
     const int64_t nw = int64_t(p.wide.size());
