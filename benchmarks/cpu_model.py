@@ -146,11 +146,17 @@ def time_genai(folder: Path, pp: int, tg: int, reps: int, threads: int) -> tuple
     return statistics.median(pre[1:]), statistics.median(dec[1:])
 
 
-def time_llama(bench: str, gguf: Path, pp: int, tg: int, reps: int, threads: int) -> tuple[float, float]:
+def time_llama(bench: str, gguf: Path, pp: int, tg: int, reps: int, threads: int,
+               after_prompt: bool = False) -> tuple[float, float]:
+    """llama-bench's pp and tg. Its tg starts from an empty KV cache, where the ONNX rows decode
+    after their pp-token prompt; after_prompt: tg after pp tokens of context (`-d pp`), as they do."""
     cmd = [bench, "-m", str(gguf), "-p", str(pp), "-n", str(tg), "-r", str(reps), "-t", str(threads), "-o", "json"]
-    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    by = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in res}
-    return by["pp"], by["tg"]
+    depth = pp if after_prompt else 0
+    res = json.loads(subprocess.run(cmd + (["-d", f"0,{depth}"] if depth else []), check=True, capture_output=True,
+                                    text=True).stdout)
+    pre = [r["avg_ts"] for r in res if r["n_prompt"] and r.get("n_depth", 0) == 0]
+    dec = [r["avg_ts"] for r in res if r["n_gen"] and r.get("n_depth", 0) == depth]
+    return pre[0], dec[0]
 
 
 def main(argv=None) -> int:
@@ -162,6 +168,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--llama-bench", help="llama-bench binary, to time --gguf files in the same run")
     p.add_argument("--gguf", nargs="*", type=Path, default=[])
+    p.add_argument("--llama-after-prompt", action="store_true",
+                   help="also each --gguf with its decode timed after the prompt (llama-bench -d PP), as the "
+                        "ONNX rows decode; plain llama-bench tg starts from an empty cache")
     p.add_argument("--genai", nargs="*", type=Path, default=[],
                    help="folders to time through onnxruntime_genai's generator: its own int4 models "
                         "(models.builder -p int4) or vq2trt exports (libvq2trt_ort.so copied in)")
@@ -194,6 +203,9 @@ def main(argv=None) -> int:
     for g in a.gguf:
         jobs.append((f"llama.cpp {g.name}", g.stat().st_size / 2**20, {},
                      lambda g=g: time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads)))
+        if a.llama_after_prompt:
+            jobs.append((f"llama.cpp {g.name}, decode after the prompt (-d {a.prompt})", g.stat().st_size / 2**20, {},
+                         lambda g=g: time_llama(a.llama_bench, g, a.prompt, a.gen, a.reps, a.threads, True)))
     # Rounds take every row in turn, so that a machine whose speed drifts (a shared VM) slows all
     # rows alike; each row reports its median over the rounds.
     results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _, _ in jobs}

@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     p.add_argument("--gguf", type=Path, default=DEFAULT_GGUF, help="the float model (the Makefile's cached GGUF)")
     p.add_argument("--llama", type=Path, default=Path("/work/llama"), help="llama.cpp build folder")
     p.add_argument("--no-llama", action="store_true", help="leave llama.cpp out")
+    p.add_argument("--llama-after-prompt", action="store_true",
+                   help="also llama.cpp rows whose decode runs after the prompt (llama-bench -d PROMPT), as the "
+                        "ONNX rows' does; plain tg starts from an empty cache (the issue's method)")
     p.add_argument("--work", type=Path, default=Path("/work/peers"), help="GenAI's int4 model and its HF source")
     p.add_argument("--no-genai", action="store_true", help="leave ORT GenAI out")
     p.add_argument("--dense4", action="store_true", help="also each export with VQ2TRT_DENSE4=1")
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
         args += ["--genai", *genai]
     if not a.no_llama:
         bench, files = llama(a.llama, a.gguf)
-        args += ["--llama-bench", str(bench), "--gguf", *map(str, files)]
+        args += ["--llama-bench", str(bench), "--gguf", *map(str, files)] + \
+            (["--llama-after-prompt"] if a.llama_after_prompt else [])
     args += ["--rounds", str(a.rounds), "--reps", str(a.reps), "--threads", str(a.threads),
              "--prompt", str(a.prompt), "--gen", str(a.gen)] + (["--dense4"] if a.dense4 else [])
     sys.path.insert(0, str(HERE))

@@ -81,19 +81,29 @@ def test_plain_cpp_path(library):
 
     code = ("from tests.runtime.test_ort_cached_attention import check_against_gqa; "
             f"check_against_gqa({library!r}, (9, 3, 64), True, 50); "
+            f"check_against_gqa({library!r}, (9, 3, 64), True, 300, 100); "
             f"check_against_gqa({library!r}, (4, 2, 32), False, 7)")
     env = {**os.environ, "VQ2TRT_ISA": "scalar"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def check_against_gqa(library, heads, shared, prompt):
-    """A right-padded prompt and three decode steps, both ops on the same inputs."""
+@pytest.mark.parametrize("short", [297, 100], ids=["level", "ragged"])
+def test_split_decode(library, short):
+    """Decode over >= 256 cached keys splits them into parts of 128 merged after (attention.cpp);
+    ragged: row 1 has no keys in the last parts, which must get no weight."""
+    check_against_gqa(library, (9, 3, 64), True, 300, short)
+
+
+def check_against_gqa(library, heads, shared, prompt, short=None):
+    """A right-padded prompt (row 1: `short` tokens, default 3 fewer) and three decode steps,
+    both ops on the same inputs."""
     H, KV, D = heads
-    gqa, ours = session(attention_model("gqa", H, KV, D), library), session(attention_model("ours", H, KV, D), library)
+    gqa, ours = session(attention_model("gqa", H, KV, D, positions=max(64, prompt + 9)), library), \
+        session(attention_model("ours", H, KV, D, positions=max(64, prompt + 9)), library)
     rng = np.random.default_rng(D)
     B, S, cap = 2, prompt, prompt + 9
-    lengths = np.array([S, S - 3])                                   # row 1 right-padded
+    lengths = np.array([S, S - 3 if short is None else short])       # row 1 right-padded
     past_len = cap if shared else 0
     feeds = {"qkv": rng.standard_normal((B, S, (H + 2 * KV) * D)).astype(np.float32),
              "pk": np.zeros((B, KV, past_len, D), np.float32), "pv": np.zeros((B, KV, past_len, D), np.float32),

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -14,15 +16,16 @@
 namespace vq2trt {
 namespace avx2 {
 void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const float* V, int64_t keys, float* out,
-                  int64_t ostride, float* scores);
+                  int64_t ostride, float* scores, float* ml);
 }  // namespace avx2
 
 namespace {
 
 // avx2::attend_heads in plain C++ (other ISAs, head sizes not a multiple of 8): G query heads
-// (q: G rows of D, rotated and scaled) against one KV head's first `keys` rows.
+// (q: G rows of D, rotated and scaled) against one KV head's first `keys` rows. ml (optional):
+// each head's score maximum and exp-sum, the output left unnormalised (a key range of a split).
 void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const float* V, int64_t keys, float* out,
-                  int64_t ostride, float* scores) {
+                  int64_t ostride, float* scores, float* ml) {
   for (int64_t g = 0; g < G; ++g) {
     float* sc = scores + g * keys;
     float mx = -INFINITY;
@@ -37,6 +40,10 @@ void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const fl
     std::fill(o, o + D, 0.f);
     for (int64_t j = 0; j < keys; ++j)
       for (int64_t c = 0; c < D; ++c) o[c] += sc[j] * V[j * D + c];
+    if (ml) {
+      ml[2 * g] = mx, ml[2 * g + 1] = sum;
+      continue;
+    }
     for (int64_t c = 0; c < D; ++c) o[c] /= sum;
   }
 }
@@ -62,6 +69,10 @@ struct Args {
   float scale;
   float* out;
   bool first_prompt, avx2;
+  // A split decode (attend_part): keys per part, parts per (row, KV head), and their results:
+  // part_out [B·KV, parts, G, D] unnormalised, part_ml [B·KV, parts, G, 2] (maximum, exp-sum).
+  int64_t part_keys = 0, parts = 0;
+  float *part_out = nullptr, *part_ml = nullptr;
 };
 
 int64_t past_of(const Args& a, int64_t b) {
@@ -89,6 +100,25 @@ void append_kv(void* arg, size_t task) {
   }
 }
 
+// The G query heads of (row b, KV head g) at new position i, rotated and scaled, into q [G, D].
+void query_heads(const Args& a, int64_t b, int64_t g, int64_t i, float* q) {
+  const AttentionShape& s = *a.s;
+  const int64_t D = s.D, G = s.H / s.KV, W = (s.H + 2 * s.KV) * D;
+  for (int64_t h = 0; h < G; ++h) {
+    rotate(a.qkv + (b * s.S + i) * W + (g * G + h) * D, D, a.cos, a.sin, position(a, b, i), q + h * D);
+    for (int64_t c = 0; c < D; ++c) q[h * D + c] *= a.scale;
+  }
+}
+
+void heads(const Args& a, const float* q, const float* K, const float* V, int64_t keys, float* o, float* scores,
+           float* ml) {
+  const int64_t G = a.s->H / a.s->KV, D = a.s->D;
+#if VQ2TRT_X86
+  if (a.avx2 && D % 8 == 0) return avx2::attend_heads(q, G, D, K, V, keys, o, D, scores, ml);
+#endif
+  attend_heads(q, G, D, K, V, keys, o, D, scores, ml);
+}
+
 // Query positions per attention task: a prefill's rows split finer than (row, KV head), which
 // gave SmolLM2's 3 KV heads to 2 threads as 2 + 1.
 constexpr int64_t kQueriesPerTask = 16;
@@ -101,7 +131,7 @@ void attend(void* arg, size_t task) {
   const Args& a = *static_cast<const Args*>(arg);
   const AttentionShape& s = *a.s;
   const int64_t chunks = query_chunks(s), chunk = int64_t(task) % chunks, bg = int64_t(task) / chunks;
-  const int64_t b = bg / s.KV, g = bg % s.KV, D = s.D, W = (s.H + 2 * s.KV) * D;
+  const int64_t b = bg / s.KV, g = bg % s.KV, D = s.D;
   const int64_t G = s.H / s.KV, past = past_of(a, b);
   const int64_t valid = int64_t(a.seqlens_k[b]) + 1;  // keys this row may see at most
   const float* K = a.present_k + (b * s.KV + g) * s.present_len * D;
@@ -118,19 +148,78 @@ void attend(void* arg, size_t task) {
       std::fill(o, o + G * D, 0.f);
       continue;
     }
-    for (int64_t h = 0; h < G; ++h) {
-      rotate(a.qkv + (b * s.S + i) * W + (g * G + h) * D, D, a.cos, a.sin, position(a, b, i), q.data() + h * D);
-      for (int64_t c = 0; c < D; ++c) q[size_t(h * D + c)] *= a.scale;
-    }
+    query_heads(a, b, g, i, q.data());
     scores.resize(size_t(G * keys));
-#if VQ2TRT_X86
-    if (a.avx2 && D % 8 == 0) {
-      avx2::attend_heads(q.data(), G, D, K, V, keys, o, D, scores.data());
-      continue;
-    }
-#endif
-    attend_heads(q.data(), G, D, K, V, keys, o, D, scores.data());
+    heads(a, q.data(), K, V, keys, o, scores.data(), nullptr);
   }
+}
+
+// Keys a decode row (S == 1) sees: its causal range, at most the cache.
+int64_t decode_keys(const Args& a, int64_t b) {
+  const int64_t valid = int64_t(a.seqlens_k[b]) + 1;
+  return std::min(past_of(a, b) + 1, std::min(valid, a.s->present_len));
+}
+
+// Task (b, KV head, part) of a split decode: the query heads against keys [part · part_keys,
+// + part_keys) of that row, unnormalised, with each head's maximum and exp-sum for merge_parts.
+void attend_part(void* arg, size_t task) {
+  const Args& a = *static_cast<const Args*>(arg);
+  const AttentionShape& s = *a.s;
+  const int64_t bg = int64_t(task) / a.parts, part = int64_t(task) % a.parts;
+  const int64_t b = bg / s.KV, g = bg % s.KV, D = s.D, G = s.H / s.KV;
+  const int64_t k0 = part * a.part_keys, keys = std::min(decode_keys(a, b), k0 + a.part_keys) - k0;
+  float* o = a.part_out + task * G * D;
+  float* ml = a.part_ml + task * G * 2;
+  if (keys <= 0) {  // past this row's keys: merge_parts gives it no weight
+    for (int64_t h = 0; h < G; ++h) ml[2 * h] = -INFINITY, ml[2 * h + 1] = 0.f;
+    return;
+  }
+  thread_local std::vector<float> q_tls, scores_tls;
+  std::vector<float>& q = q_tls;
+  std::vector<float>& scores = scores_tls;
+  q.resize(size_t(G * D));
+  scores.resize(size_t(G * keys));
+  query_heads(a, b, g, 0, q.data());
+  const int64_t at = (b * s.KV + g) * s.present_len + k0;
+  heads(a, q.data(), a.present_k + at * D, a.present_v + at * D, keys, o, scores.data(), ml);
+}
+
+// The parts of each (row, query head) into out: weights exp(m_p - max m) rescale each part's sums.
+void merge_parts(const Args& a) {
+  const AttentionShape& s = *a.s;
+  const int64_t D = s.D, G = s.H / s.KV;
+  for (int64_t bg = 0; bg < s.B * s.KV; ++bg) {
+    const int64_t b = bg / s.KV, g = bg % s.KV;
+    for (int64_t h = 0; h < G; ++h) {
+      float* o = a.out + b * s.H * D + (g * G + h) * D;
+      float m = -INFINITY;
+      for (int64_t p = 0; p < a.parts; ++p) m = std::max(m, a.part_ml[((bg * a.parts + p) * G + h) * 2]);
+      std::fill(o, o + D, 0.f);
+      if (m == -INFINITY) continue;  // no keys (a padding row)
+      float sum = 0.f;
+      for (int64_t p = 0; p < a.parts; ++p) {
+        const float* ml = a.part_ml + ((bg * a.parts + p) * G + h) * 2;
+        if (ml[1] == 0.f) continue;
+        const float w = std::exp(ml[0] - m);
+        sum += w * ml[1];
+        const float* po = a.part_out + ((bg * a.parts + p) * G + h) * D;
+        for (int64_t c = 0; c < D; ++c) o[c] += w * po[c];
+      }
+      const float inv = 1.f / sum;
+      for (int64_t c = 0; c < D; ++c) o[c] *= inv;
+    }
+  }
+}
+
+// Keys per part of a split decode; decode splits from twice that many cached keys on.
+// VQ2TRT_ATTENTION_SPLIT=<keys> sets it, 0 turns the split off (for A/B measurements).
+int64_t split_keys() {
+  static const int64_t keys = [] {
+    const char* e = std::getenv("VQ2TRT_ATTENTION_SPLIT");
+    const long v = e ? std::atol(e) : 128;
+    return v > 0 ? int64_t(v) : std::numeric_limits<int64_t>::max();
+  }();
+  return keys;
 }
 
 }  // namespace
@@ -175,7 +264,27 @@ void cached_attention(const AttentionShape& s, const float* qkv, const float* pa
     }
   }
   Args a{&s, qkv, present_k, present_v, seqlens_k, pos, cos, sin, scale, out, s.S == s.total, is_x86(detect_isa())};
-  // Decode's ~0.2 M multiply-adds per layer are not worth a dispatch: one pass on this thread.
+  const int64_t part_keys = split_keys();
+  if (s.S == 1 && s.total >= 2 * part_keys && parallel.run) {
+    // Decode over a long cache: (row, KV head) tasks give SmolLM2's 3 KV heads to 2 threads as
+    // 2 + 1, and below 2^20 multiply-adds it ran on one thread. Parts of the keys, merged after,
+    // balance it: 200 -> 127 µs a layer at 1000 cached tokens, 68 -> 47 at 300
+    // (benchmarks/cpu_attention.py, Zen 3, 2 threads). Shorter caches stay on one thread: at 150
+    // tokens (23 µs) the hand-off ate the gain.
+    a.part_keys = part_keys;
+    a.parts = (s.total + part_keys - 1) / part_keys;
+    const int64_t G = s.H / s.KV, tasks = s.B * s.KV * a.parts;
+    thread_local std::vector<float> part_tls;
+    std::vector<float>& part = part_tls;
+    part.resize(size_t(tasks * G * (s.D + 2)));
+    a.part_out = part.data();
+    a.part_ml = part.data() + tasks * G * s.D;
+    for (size_t t = 0; t < size_t(s.B * s.KV); ++t) append_kv(&a, t);
+    parallel(attend_part, size_t(tasks), &a);
+    merge_parts(a);
+    return;
+  }
+  // A short decode's ~0.2 M multiply-adds per layer are not worth a dispatch: one pass here.
   const bool big = s.S * s.total * s.H * s.D > (int64_t(1) << 20);
   if (big) {
     parallel(append_kv, size_t(s.B * s.KV), &a);

@@ -4,6 +4,8 @@
 // work), softmax with exp_avx2.h, then the values weighted in registers, 64 columns at a time.
 // A call per key with an out-of-line dot product and axpy was slower than ORT's
 // GroupQueryAttention (45 µs against 25 µs per layer for SmolLM2 at 150 cached tokens).
+// ml (optional): each head's score maximum and exp-sum, with the output left unnormalised, for
+// a key range that attention.cpp merges with the others.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -30,7 +32,7 @@ inline float hmax(__m256 v) {
 }  // namespace
 
 void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const float* V, int64_t keys, float* out,
-                  int64_t ostride, float* scores) {
+                  int64_t ostride, float* scores, float* ml) {
   for (int64_t g = 0; g < G; ++g) {
     const float* qg = q + g * D;
     float* sc = scores + g * keys;
@@ -69,7 +71,8 @@ void attend_heads(const float* q, int64_t G, int64_t D, const float* K, const fl
       _mm256_store_ps(t, exp_ps(_mm256_set1_ps(sc[j] - m)));
       sum += sc[j] = t[0];
     }
-    const float inv = 1.f / sum;
+    if (ml) ml[2 * g] = m, ml[2 * g + 1] = sum;
+    const float inv = ml ? 1.f : 1.f / sum;
     float* og = out + g * ostride;
     const __m256 iv = _mm256_set1_ps(inv);
     int64_t c0 = 0;

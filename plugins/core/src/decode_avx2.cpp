@@ -1,4 +1,5 @@
-// AVX2 float kernel for 8-bit indices with v = 4 (the default v4-k256 format), any M.
+// AVX2 float kernel for 8-bit indices with v = 4 (the default v4-k256 format) and 9-bit ones with
+// v = 3 (v3-k512, the bit allocation's step up), any M.
 //
 // A 256-entry lookup on AVX2 is bound by loads: vpshufb covers 16 entries (a 256-entry byte
 // lookup needs 16 shuffles per 32 weights) and a gather is one load per element. The float table
@@ -11,6 +12,10 @@
 // rows, which makes M >= 4 bound by the FMAs (two 8-lane FMAs a cycle) like a dense GEMM:
 // part_float's dequantize-a-tile path is no faster there on AVX2. Exact float32 products; sums
 // in column order per accumulator (for M = 1 even and odd columns apart, then added).
+// v = 3 rows are padded to 4 floats (Part::ftab4, the fourth 0): a ymm holds two vector rows, six
+// output rows, so each load brings 3 weights instead of 4; 9-bit indices come as groups of eight
+// in 9 bytes, taken apart in registers as the bytes are. Before this kernel v3-k512 decode took
+// part_float at 2.5-2.9 G weights/s on Zen 3 against v4-k256's 12-19 (16 x 3072², 2 threads).
 #include <immintrin.h>
 
 #include <cstring>
@@ -24,13 +29,36 @@ namespace {
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t hi(int64_t a, int64_t b) { return a > b ? a : b; }
 
-// Table row of index byte P of q as a byte offset (16 bytes a row): a rotate and a mask leave it
+// Words of a group of eight B-bit indices kept per index row: B = 8, its 8 bytes; B = 9, its first
+// 8 bytes and the 8 after its first byte (index 7 ends in the ninth).
+template <int B>
+constexpr int kWords = B == 9 ? 2 : 1;
+
+template <int B>
+inline void load_group(uint64_t (&q)[kWords<B>], const uint8_t* g) {
+  std::memcpy(&q[0], g, 8);
+  if constexpr (B == 9) std::memcpy(&q[1], g + 1, 8);
+}
+
+// Index c of an index row (the row's last columns, not a whole group).
+template <int B>
+inline uint64_t index_at(const uint8_t* row, int64_t c) {
+  if constexpr (B == 8) return row[c];
+  uint16_t w;
+  std::memcpy(&w, row + c * B / 8, 2);  // 9 bits from bit (c · 9) % 8 end inside these 2 bytes
+  return (w >> (c * B % 8)) & ((1u << B) - 1);
+}
+
+// Table row of index P of a group as a byte offset (16 bytes a row): a rotate and a mask leave it
 // ready for the address, with no extra shift to scale it. Built with -mbmi2 (the caller checks
-// the CPU): rorx keeps q, so no register copy per index, 5-9 % faster at M = 1, 2.
-template <int P>
-inline const float* row_at(const float* tab, uint64_t q) {
-  constexpr int s = (8 * P - 4) & 63;
-  const uint64_t off = ((q >> s) | (q << ((64 - s) & 63))) & 0xff0u;
+// the CPU): rorx keeps q, so no register copy per index, 5-9 % faster at M = 1, 2. A lone index
+// (a row's last columns) comes as P = 0 with its value in q[0].
+template <int B, int P>
+inline const float* row_at(const float* tab, const uint64_t (&q)[kWords<B>]) {
+  constexpr int w = B == 9 && P == 7 ? 1 : 0;          // index 7 of 9-bit: bits 55.. of q[1]
+  constexpr int s = ((B == 9 && P == 7 ? 55 : B * P) - 4) & 63;
+  constexpr uint64_t mask = ((uint64_t(1) << B) - 1) << 4;
+  const uint64_t off = ((q[w] >> s) | (q[w] << ((64 - s) & 63))) & mask;
   return reinterpret_cast<const float*>(reinterpret_cast<const char*>(tab) + off);
 }
 
@@ -45,16 +73,17 @@ inline __m256 pair_row(const float* a, const float* b) {
 // are not. XF: a column's MB broadcasts first, then each table row pair is used at once; else
 // the RP pairs first: whichever keeps fewer registers live next to the accumulators. The loops
 // are unrolled by force: left as loops, the accumulators live on the stack.
-template <int MB, int RP, int NA, bool XB, bool XF>
+template <int B, int MB, int RP, int NA, bool XB, bool XF>
 struct Pass {
   static_assert(NA == 1 || NA == 2 || NA == 4, "see the final sum");
+  using Group = uint64_t[kWords<B>];
   template <int P>
-  static inline void column(__m256 (&a)[NA][MB][RP], const uint64_t* q, const float* tab, const float* x,
+  static inline void column(__m256 (&a)[NA][MB][RP], const Group* q, const float* tab, const float* x,
                             int64_t xs, const __m256* x4) {
     auto xcol = [&](int m) {
       return XB ? _mm256_permute_ps(x4[m], (P & 3) * 0x55) : _mm256_broadcast_ss(x + m * xs + P);
     };
-    auto wrow = [&](int k) { return pair_row(row_at<P>(tab, q[2 * k]), row_at<P>(tab, q[2 * k + 1])); };
+    auto wrow = [&](int k) { return pair_row(row_at<B, P>(tab, q[2 * k]), row_at<B, P>(tab, q[2 * k + 1])); };
     if (XF) {
       __m256 xv[MB];
 #pragma GCC unroll 16
@@ -79,7 +108,7 @@ struct Pass {
   }
 
   template <int P>
-  static inline void column4(__m256 (&a)[NA][MB][RP], const uint64_t* q, const float* tab, const float* x,
+  static inline void column4(__m256 (&a)[NA][MB][RP], const Group* q, const float* tab, const float* x,
                              int64_t xs) {
     __m256 x4[MB];
     if (XB) {
@@ -104,22 +133,24 @@ struct Pass {
 #pragma GCC unroll 16
         for (int k = 0; k < RP; ++k) a[s][m][k] = _mm256_setzero_ps();
     int64_t c = 0;
+    // Lines of index rows per 64 columns of a pass.
+    constexpr int kLines = (2 * RP * B + 7) / 8;
     for (; c + 8 <= count; c += 8) {
       // The next pass's rows are one contiguous block: swept into L2 at the rate this pass reads
-      // its own (2·RP lines per 64 columns), so it is there, whole, when the next pass starts.
+      // its own (2·RP·B / 8 lines per 64 columns), so it is there, whole, when the next pass starts.
       if ((c & 63) == 0 && nnext > 0)
-        for (int64_t i = 0; i < 2 * RP; ++i)
-          _mm_prefetch(reinterpret_cast<const char*>(next + (c / 64 * 2 * RP + i) * 64 % (nnext * rs)), _MM_HINT_T1);
-      uint64_t q[2 * RP];
+        for (int64_t i = 0; i < kLines; ++i)
+          _mm_prefetch(reinterpret_cast<const char*>(next + (c / 64 * kLines + i) * 64 % (nnext * rs)), _MM_HINT_T1);
+      Group q[2 * RP];
 #pragma GCC unroll 16
-      for (int i = 0; i < 2 * RP; ++i) std::memcpy(&q[i], b + i * rs + c, 8);
+      for (int i = 0; i < 2 * RP; ++i) load_group<B>(q[i], b + i * rs + c / 8 * B);
       column4<0>(a, q, tab, x + c, xs);
       column4<4>(a, q, tab, x + c, xs);
     }
     for (; c < count; ++c) {
-      uint64_t q[2 * RP];
+      Group q[2 * RP];
 #pragma GCC unroll 16
-      for (int i = 0; i < 2 * RP; ++i) q[i] = b[i * rs + c];
+      for (int i = 0; i < 2 * RP; ++i) q[i][0] = index_at<B>(b + i * rs, c);
       __m256 x4[MB];
 #pragma GCC unroll 16
       for (int m = 0; m < MB; ++m) x4[m] = _mm256_broadcast_ss(x + m * xs + c);
@@ -138,29 +169,31 @@ struct Pass {
   }
 };
 
-// y[base + l] += acc[l] for the lanes inside [n0, n1).
-inline void add8(float* y, int64_t base, int64_t n0, int64_t n1, __m256 acc) {
-  if (base >= n0 && base + 8 <= n1) {
+// The sums of a row pair into y: output rows base .. base + 2V - 1 (lanes 0 .. V - 1, then
+// 4 .. 3 + V), those inside [n0, n1).
+template <int V>
+inline void add_pair(float* y, int64_t base, int64_t n0, int64_t n1, __m256 acc) {
+  if (V == 4 && base >= n0 && base + 8 <= n1) {
     _mm256_storeu_ps(y + base, _mm256_add_ps(_mm256_loadu_ps(y + base), acc));
     return;
   }
   alignas(32) float t[8];
   _mm256_store_ps(t, acc);
-  for (int64_t l = hi(0, n0 - base); l < lo(8, n1 - base); ++l) y[base + l] += t[l];
+  for (int64_t l = hi(0, n0 - base); l < lo(2 * V, n1 - base); ++l) y[base + l] += t[l < V ? l : l - V + 4];
 }
 
 // Vector rows r0 .. r0 + rows - 1 (rows <= 2·RP; rs = 0 repeats one row) of activation rows
 // [0, MB) into y.
-template <int MB, int RP, int NA, bool XB, bool XF>
+template <int V, int B, int MB, int RP, int NA, bool XB, bool XF>
 void pass(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count, float* y,
           int64_t N, int64_t r0, int64_t rows, int64_t n0, int64_t n1, int64_t nnext) {
   __m256 acc[MB][RP];
-  Pass<MB, RP, NA, XB, XF>::run(b, rs, tab, x, xs, count, b + rows * rs, nnext, acc);
-  n1 = lo(n1, (r0 + rows) * 4);
+  Pass<B, MB, RP, NA, XB, XF>::run(b, rs, tab, x, xs, count, b + rows * rs, nnext, acc);
+  n1 = lo(n1, (r0 + rows) * V);
 #pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
 #pragma GCC unroll 16
-    for (int k = 0; k < RP; ++k) add8(y + m * N, (r0 + 2 * k) * 4, n0, n1, acc[m][k]);
+    for (int k = 0; k < RP; ++k) add_pair<V>(y + m * N, (r0 + 2 * k) * V, n0, n1, acc[m][k]);
 }
 
 // Accumulator sets for a pass of MB x RP: an FMA has a latency of 4 cycles and a column takes
@@ -169,13 +202,13 @@ constexpr int sets(int MB, int RP) { return MB * RP <= 3 ? 4 : MB * RP <= 6 ? 2 
 
 // Vector rows [r0, r1) for activation rows [0, MB): RP row pairs a pass, then fewer; an odd last
 // row pairs with itself.
-template <int MB, int RP, bool XB, bool XF>
+template <int V, int B, int MB, int RP, bool XB, bool XF>
 void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int64_t r0, int64_t r1, int64_t n0,
            int64_t n1) {
   constexpr int R3 = RP < 3 ? RP : 3, R2 = RP < 2 ? RP : 2;
   const int64_t rs = pt.words * 4;
   const uint8_t* b0 = reinterpret_cast<const uint8_t*>(pt.indices) + pt.skip_bits / 8;
-  const float* tab = pt.ft;
+  const float* tab = V == 3 ? pt.ft4 : pt.ft;
   const int64_t count = pt.count;
   // Short index rows (K = 576 .. 1536 bytes) end before the hardware prefetcher has caught on to
   // them, and each pass starts 2·RP new ones, so a pass waited on memory at every row start. With
@@ -187,33 +220,32 @@ void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int6
     const int64_t left = r1 - r;
     const uint8_t* b = b0 + r * rs;
     if (left >= 2 * RP) {
-      pass<MB, RP, sets(MB, RP), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2 * RP, n0, n1, nnext(r, 2 * RP));
+      pass<V, B, MB, RP, sets(MB, RP), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2 * RP, n0, n1, nnext(r, 2 * RP));
       r += 2 * RP;
     } else if (left >= 6) {
-      pass<MB, R3, sets(MB, R3), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 6, n0, n1, nnext(r, 6));
+      pass<V, B, MB, R3, sets(MB, R3), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 6, n0, n1, nnext(r, 6));
       r += 6;
     } else if (left >= 4) {
-      pass<MB, R2, sets(MB, R2), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 4, n0, n1, nnext(r, 4));
+      pass<V, B, MB, R2, sets(MB, R2), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 4, n0, n1, nnext(r, 4));
       r += 4;
     } else if (left >= 2) {
-      pass<MB, 1, sets(MB, 1), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2, n0, n1, nnext(r, 2));
+      pass<V, B, MB, 1, sets(MB, 1), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2, n0, n1, nnext(r, 2));
       r += 2;
     } else {
-      pass<MB, 1, sets(MB, 1), XB, XF>(b, 0, tab, x, xs, count, y, N, r, 1, n0, n1, 0);
+      pass<V, B, MB, 1, sets(MB, 1), XB, XF>(b, 0, tab, x, xs, count, y, N, r, 1, n0, n1, 0);
       r += 1;
     }
   }
 }
 
-}  // namespace
-
-void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
+template <int V, int B>
+void part_rows(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
   // Row groups of 24 vector rows (a multiple of every pass size below): each block of activation
   // rows sweeps the group's index bytes (24 KB for 1024 columns), which stay in L2 for the next.
   constexpr int64_t kGroupRows = 24;
-  const int64_t r_end = (n1 + 3) / 4;
+  const int64_t r_end = (n1 + V - 1) / V;
   const float* x = xp + pt.col0;
-  for (int64_t g = n0 / 4; g < r_end; g += kGroupRows) {
+  for (int64_t g = n0 / V; g < r_end; g += kGroupRows) {
     const int64_t g1 = lo(r_end, g + kGroupRows);
     // At most 12 accumulators (16 ymm registers): more activation rows per pass share each table
     // load, fewer row pairs keep them in registers.
@@ -222,20 +254,30 @@ void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
       float* ym = y + m * N;
       const float* xm = x + m * xs;
       if (left == 1) {
-        block<1, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, 1, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 1;
       } else if (left == 2) {
-        block<2, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, 2, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 2;
       } else if (left == 3) {
-        block<3, 4, false, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, 3, 4, false, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 3;
       } else {
-        block<4, 3, false, false>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, 4, 3, false, false>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 4;
       }
     }
   }
+}
+
+}  // namespace
+
+void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
+  part_rows<4, 8>(pt, xp, xs, M, y, N, n0, n1);
+}
+
+void part_v3_b9(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
+  part_rows<3, 9>(pt, xp, xs, M, y, N, n0, n1);
 }
 
 }  // namespace avx2
