@@ -30,33 +30,44 @@ inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t hi(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Words of a group of eight B-bit indices kept per index row: B = 8, its 8 bytes; B = 9, its first
-// 8 bytes and the 8 after its first byte (index 7 ends in the ninth).
+// 8 bytes and 8 later ones (index 7 ends in the ninth byte, or the tenth when shifted).
 template <int B>
 constexpr int kWords = B == 9 ? 2 : 1;
 
-template <int B>
-inline void load_group(uint64_t (&q)[kWords<B>], const uint8_t* g) {
+// S: 9-bit rows whose indices start s0 = 1..7 bits into their first byte (a level-4 tail after a
+// head of 64 columns less the outliers): both words are shifted down by s0, the second read from
+// byte 2, which the group's 73-79 bits reach, so nothing past the row is read.
+template <int B, bool S>
+inline void load_group(uint64_t (&q)[kWords<B>], const uint8_t* g, int s0) {
   std::memcpy(&q[0], g, 8);
-  if constexpr (B == 9) std::memcpy(&q[1], g + 1, 8);
+  if constexpr (B == 9) std::memcpy(&q[1], g + (S ? 2 : 1), 8);
+  if constexpr (S) {
+    q[0] >>= s0;
+    q[1] >>= s0;
+  }
 }
 
 // Index c of an index row (the row's last columns, not a whole group).
 template <int B>
-inline uint64_t index_at(const uint8_t* row, int64_t c) {
+inline uint64_t index_at(const uint8_t* row, int64_t c, int s0) {
   if constexpr (B == 8) return row[c];
+  const int64_t bit = s0 + c * B;
   uint16_t w;
-  std::memcpy(&w, row + c * B / 8, 2);  // 9 bits from bit (c · 9) % 8 end inside these 2 bytes
-  return (w >> (c * B % 8)) & ((1u << B) - 1);
+  std::memcpy(&w, row + bit / 8, 2);  // 9 bits from bit % 8 end inside these 2 bytes
+  return (w >> (bit % 8)) & ((1u << B) - 1);
 }
 
 // Table row of index P of a group as a byte offset (16 bytes a row): a rotate and a mask leave it
 // ready for the address, with no extra shift to scale it. Built with -mbmi2 (the caller checks
 // the CPU): rorx keeps q, so no register copy per index, 5-9 % faster at M = 1, 2. A lone index
 // (a row's last columns) comes as P = 0 with its value in q[0].
-template <int B, int P>
+template <int B, bool S, int P>
 inline const float* row_at(const float* tab, const uint64_t (&q)[kWords<B>]) {
-  constexpr int w = B == 9 && P == 7 ? 1 : 0;          // index 7 of 9-bit: bits 55.. of q[1]
-  constexpr int s = ((B == 9 && P == 7 ? 55 : B * P) - 4) & 63;
+  // 9-bit: index 7 from bit 55 of q[1] (read from byte 1); shifted, 6 and 7 from bits 38 and 47
+  // of q[1] (read from byte 2).
+  constexpr int w = B == 9 && (P == 7 || (S && P == 6)) ? 1 : 0;
+  constexpr int at = w == 0 ? B * P : S ? B * P - 16 : B * P - 8;
+  constexpr int s = (at - 4) & 63;
   constexpr uint64_t mask = ((uint64_t(1) << B) - 1) << 4;
   const uint64_t off = ((q[w] >> s) | (q[w] << ((64 - s) & 63))) & mask;
   return reinterpret_cast<const float*>(reinterpret_cast<const char*>(tab) + off);
@@ -73,7 +84,7 @@ inline __m256 pair_row(const float* a, const float* b) {
 // are not. XF: a column's MB broadcasts first, then each table row pair is used at once; else
 // the RP pairs first: whichever keeps fewer registers live next to the accumulators. The loops
 // are unrolled by force: left as loops, the accumulators live on the stack.
-template <int B, int MB, int RP, int NA, bool XB, bool XF>
+template <int B, bool S, int MB, int RP, int NA, bool XB, bool XF>
 struct Pass {
   static_assert(NA == 1 || NA == 2 || NA == 4, "see the final sum");
   using Group = uint64_t[kWords<B>];
@@ -83,7 +94,7 @@ struct Pass {
     auto xcol = [&](int m) {
       return XB ? _mm256_permute_ps(x4[m], (P & 3) * 0x55) : _mm256_broadcast_ss(x + m * xs + P);
     };
-    auto wrow = [&](int k) { return pair_row(row_at<B, P>(tab, q[2 * k]), row_at<B, P>(tab, q[2 * k + 1])); };
+    auto wrow = [&](int k) { return pair_row(row_at<B, S, P>(tab, q[2 * k]), row_at<B, S, P>(tab, q[2 * k + 1])); };
     if (XF) {
       __m256 xv[MB];
 #pragma GCC unroll 16
@@ -123,7 +134,7 @@ struct Pass {
 
   // out[m][k]: the sums of activation row m, row pair k. Row i of the pass starts at b + i·rs.
   // next / nnext: the first index row of the pass after this one and how many rows it has (see block()).
-  static void run(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count,
+  static void run(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count, int s0,
                   const uint8_t* next, int64_t nnext, __m256 (&out)[MB][RP]) {
     __m256 a[NA][MB][RP];
 #pragma GCC unroll 16
@@ -143,14 +154,14 @@ struct Pass {
           _mm_prefetch(reinterpret_cast<const char*>(next + (c / 64 * kLines + i) * 64 % (nnext * rs)), _MM_HINT_T1);
       Group q[2 * RP];
 #pragma GCC unroll 16
-      for (int i = 0; i < 2 * RP; ++i) load_group<B>(q[i], b + i * rs + c / 8 * B);
+      for (int i = 0; i < 2 * RP; ++i) load_group<B, S>(q[i], b + i * rs + c / 8 * B, s0);
       column4<0>(a, q, tab, x + c, xs);
       column4<4>(a, q, tab, x + c, xs);
     }
     for (; c < count; ++c) {
       Group q[2 * RP];
 #pragma GCC unroll 16
-      for (int i = 0; i < 2 * RP; ++i) q[i][0] = index_at<B>(b + i * rs, c);
+      for (int i = 0; i < 2 * RP; ++i) q[i][0] = index_at<B>(b + i * rs, c, s0);
       __m256 x4[MB];
 #pragma GCC unroll 16
       for (int m = 0; m < MB; ++m) x4[m] = _mm256_broadcast_ss(x + m * xs + c);
@@ -184,11 +195,11 @@ inline void add_pair(float* y, int64_t base, int64_t n0, int64_t n1, __m256 acc)
 
 // Vector rows r0 .. r0 + rows - 1 (rows <= 2·RP; rs = 0 repeats one row) of activation rows
 // [0, MB) into y.
-template <int V, int B, int MB, int RP, int NA, bool XB, bool XF>
-void pass(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count, float* y,
+template <int V, int B, bool S, int MB, int RP, int NA, bool XB, bool XF>
+void pass(const uint8_t* b, int64_t rs, const float* tab, const float* x, int64_t xs, int64_t count, int s0, float* y,
           int64_t N, int64_t r0, int64_t rows, int64_t n0, int64_t n1, int64_t nnext) {
   __m256 acc[MB][RP];
-  Pass<B, MB, RP, NA, XB, XF>::run(b, rs, tab, x, xs, count, b + rows * rs, nnext, acc);
+  Pass<B, S, MB, RP, NA, XB, XF>::run(b, rs, tab, x, xs, count, s0, b + rows * rs, nnext, acc);
   n1 = lo(n1, (r0 + rows) * V);
 #pragma GCC unroll 16
   for (int m = 0; m < MB; ++m)
@@ -202,7 +213,7 @@ constexpr int sets(int MB, int RP) { return MB * RP <= 3 ? 4 : MB * RP <= 6 ? 2 
 
 // Vector rows [r0, r1) for activation rows [0, MB): RP row pairs a pass, then fewer; an odd last
 // row pairs with itself.
-template <int V, int B, int MB, int RP, bool XB, bool XF>
+template <int V, int B, bool S, int MB, int RP, bool XB, bool XF>
 void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int64_t r0, int64_t r1, int64_t n0,
            int64_t n1) {
   constexpr int R3 = RP < 3 ? RP : 3, R2 = RP < 2 ? RP : 2;
@@ -210,6 +221,7 @@ void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int6
   const uint8_t* b0 = reinterpret_cast<const uint8_t*>(pt.indices) + pt.skip_bits / 8;
   const float* tab = V == 3 ? pt.ft4 : pt.ft;
   const int64_t count = pt.count;
+  const int s0 = int(pt.skip_bits % 8);
   // Short index rows (K = 576 .. 1536 bytes) end before the hardware prefetcher has caught on to
   // them, and each pass starts 2·RP new ones, so a pass waited on memory at every row start. With
   // the next pass's rows prefetched during this one, SmolLM2's shapes at M = 1 ran 1.5-1.8x the
@@ -220,25 +232,25 @@ void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int6
     const int64_t left = r1 - r;
     const uint8_t* b = b0 + r * rs;
     if (left >= 2 * RP) {
-      pass<V, B, MB, RP, sets(MB, RP), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2 * RP, n0, n1, nnext(r, 2 * RP));
+      pass<V, B, S, MB, RP, sets(MB, RP), XB, XF>(b, rs, tab, x, xs, count, s0, y, N, r, 2 * RP, n0, n1, nnext(r, 2 * RP));
       r += 2 * RP;
     } else if (left >= 6) {
-      pass<V, B, MB, R3, sets(MB, R3), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 6, n0, n1, nnext(r, 6));
+      pass<V, B, S, MB, R3, sets(MB, R3), XB, XF>(b, rs, tab, x, xs, count, s0, y, N, r, 6, n0, n1, nnext(r, 6));
       r += 6;
     } else if (left >= 4) {
-      pass<V, B, MB, R2, sets(MB, R2), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 4, n0, n1, nnext(r, 4));
+      pass<V, B, S, MB, R2, sets(MB, R2), XB, XF>(b, rs, tab, x, xs, count, s0, y, N, r, 4, n0, n1, nnext(r, 4));
       r += 4;
     } else if (left >= 2) {
-      pass<V, B, MB, 1, sets(MB, 1), XB, XF>(b, rs, tab, x, xs, count, y, N, r, 2, n0, n1, nnext(r, 2));
+      pass<V, B, S, MB, 1, sets(MB, 1), XB, XF>(b, rs, tab, x, xs, count, s0, y, N, r, 2, n0, n1, nnext(r, 2));
       r += 2;
     } else {
-      pass<V, B, MB, 1, sets(MB, 1), XB, XF>(b, 0, tab, x, xs, count, y, N, r, 1, n0, n1, 0);
+      pass<V, B, S, MB, 1, sets(MB, 1), XB, XF>(b, 0, tab, x, xs, count, s0, y, N, r, 1, n0, n1, 0);
       r += 1;
     }
   }
 }
 
-template <int V, int B>
+template <int V, int B, bool S>
 void part_rows(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
   // Row groups of 24 vector rows (a multiple of every pass size below): each block of activation
   // rows sweeps the group's index bytes (24 KB for 1024 columns), which stay in L2 for the next.
@@ -254,16 +266,16 @@ void part_rows(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y,
       float* ym = y + m * N;
       const float* xm = x + m * xs;
       if (left == 1) {
-        block<V, B, 1, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, S, 1, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 1;
       } else if (left == 2) {
-        block<V, B, 2, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, S, 2, 4, true, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 2;
       } else if (left == 3) {
-        block<V, B, 3, 4, false, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, S, 3, 4, false, true>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 3;
       } else {
-        block<V, B, 4, 3, false, false>(pt, xm, xs, ym, N, g, g1, n0, n1);
+        block<V, B, S, 4, 3, false, false>(pt, xm, xs, ym, N, g, g1, n0, n1);
         m += 4;
       }
     }
@@ -273,11 +285,14 @@ void part_rows(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y,
 }  // namespace
 
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
-  part_rows<4, 8>(pt, xp, xs, M, y, N, n0, n1);
+  part_rows<4, 8, false>(pt, xp, xs, M, y, N, n0, n1);
 }
 
 void part_v3_b9(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
-  part_rows<3, 9>(pt, xp, xs, M, y, N, n0, n1);
+  if (pt.skip_bits % 8 == 0)
+    part_rows<3, 9, false>(pt, xp, xs, M, y, N, n0, n1);
+  else
+    part_rows<3, 9, true>(pt, xp, xs, M, y, N, n0, n1);
 }
 
 }  // namespace avx2
