@@ -13,7 +13,7 @@
 // part_float's dequantize-a-tile path is no faster there on AVX2. Exact float32 products; sums
 // in column order per accumulator (for M = 1 even and odd columns apart, then added).
 // v = 3 rows are padded to 4 floats (Part::ftab4, the fourth 0): a ymm holds two vector rows, six
-// output rows, so each load brings 3 weights instead of 4; 9-bit indices come as groups of eight
+// output rows, so each load brings 3 weights instead of 4 (v = 2, the outlier parts: 2); 9-bit indices come as groups of eight
 // in 9 bytes, taken apart in registers as the bytes are. Before this kernel v3-k512 decode took
 // part_float at 2.5-2.9 G weights/s on Zen 3 against v4-k256's 12-19 (16 x 3072², 2 threads).
 #include <immintrin.h>
@@ -219,7 +219,7 @@ void block(const Part& pt, const float* x, int64_t xs, float* y, int64_t N, int6
   constexpr int R3 = RP < 3 ? RP : 3, R2 = RP < 2 ? RP : 2;
   const int64_t rs = pt.words * 4;
   const uint8_t* b0 = reinterpret_cast<const uint8_t*>(pt.indices) + pt.skip_bits / 8;
-  const float* tab = V == 3 ? pt.ft4 : pt.ft;
+  const float* tab = V == 4 ? pt.ft : pt.ft4;
   const int64_t count = pt.count;
   const int s0 = int(pt.skip_bits % 8);
   // Short index rows (K = 576 .. 1536 bytes) end before the hardware prefetcher has caught on to
@@ -293,6 +293,10 @@ void part_v3_b9(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
     part_rows<3, 9, false>(pt, xp, xs, M, y, N, n0, n1);
   else
     part_rows<3, 9, true>(pt, xp, xs, M, y, N, n0, n1);
+}
+
+void part_v2_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1) {
+  part_rows<2, 8, false>(pt, xp, xs, M, y, N, n0, n1);
 }
 
 }  // namespace avx2

@@ -264,8 +264,9 @@ void part_pair_k16(const Part& main, const Part& res, const int8_t* xq, int64_t 
 // As part_float for a part with v = 4 and byte-aligned 8-bit indices: the same float32 products,
 // summed in another order (decode_avx2.cpp).
 void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
-// The same for v = 3 and 9-bit indices (v3-k512), from Part::ftab4.
+// The same for v = 3 and 9-bit indices (v3-k512), and v = 2 with byte-aligned 8-bit ones, from Part::ftab4.
 void part_v3_b9(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
+void part_v2_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
 // As avx512::part_int8_prefill for v = 3 and 4 parts with w16 (prefill_int8_avx2.cpp): x16 is the
 // quantized x widened to int16 in blocks of 4 activation rows, each [column pairs, 4, 2]
 // (widen_pairs), from the part's first column pair in block 0; x16_block: int16 elements from

@@ -185,10 +185,10 @@ Part make_part(int64_t col0, int64_t count, int64_t N, int64_t k, int64_t v, con
   p.ftab.assign(size_t(v) << p.bits, 0.f);  // zeros beyond k: any b-bit value is a safe read
   for (int64_t i = 0; i < k * v; ++i) p.ftab[size_t(i)] = half_to_float(cb[i]);
   p.ft = p.ftab.data();
-  if (v == 3) {
+  if (v == 2 || v == 3) {  // rows padded to 4 floats: kernels_float.inc (v = 3), decode_avx2.cpp
     p.ftab4.assign(size_t(4) << p.bits, 0.f);
     for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < 3; ++j) p.ftab4[size_t(i * 4 + j)] = p.ftab[size_t(i * 3 + j)];
+      for (int64_t j = 0; j < v; ++j) p.ftab4[size_t(i * 4 + j)] = p.ftab[size_t(i * v + j)];
   }
   // Byte tables: the AVX-512 route takes up to 512 entries; the AVX2 one 16 (vpshufb, any v),
   // 256 for v = 4 and 512 for v = 3 (gathers and int16 tiles from the centroid tables below).
