@@ -244,8 +244,8 @@ def main(argv=None) -> None:
         return time_fans(args)
     rng = np.random.default_rng(0)
     rows = []
-    for label, v, k, kr in (("v4-k256 (default)", 4, 256, 0), ("v4-k16-r16 (AVX2 vpshufb)", 4, 16, 16),
-                            ("v2-k16 (CPU-friendly)", 2, 16, 0)):
+    for label, v, k, kr in (("v4-k256 (default)", 4, 256, 0), ("v3-k512 (--target-bits' step up)", 3, 512, 0),
+                            ("v4-k16-r16 (AVX2 vpshufb)", 4, 16, 16), ("v2-k16 (CPU-friendly)", 2, 16, 0)):
         for level in (0, 4):
             rows.append((f"VQGemm {label}, accuracy_level {level}",
                          lambda v=v, k=k, kr=kr, level=level: vq_chain(rng, args.layers, args.dim, v, k, level, kr),

@@ -95,6 +95,20 @@ def test_split_decode(library, short):
     check_against_gqa(library, (9, 3, 64), True, 300, short)
 
 
+def test_split_off(library):
+    """VQ2TRT_ATTENTION_SPLIT=0 (the A/B switch; read once per process: a fresh one) keeps a long
+    decode on the unsplit path, still equal to GroupQueryAttention."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from tests.runtime.test_ort_cached_attention import check_against_gqa; "
+            f"check_against_gqa({library!r}, (9, 3, 64), True, 300, 100)")
+    env = {**os.environ, "VQ2TRT_ATTENTION_SPLIT": "0"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def check_against_gqa(library, heads, shared, prompt, short=None):
     """A right-padded prompt (row 1: `short` tokens, default 3 fewer) and three decode steps,
     both ops on the same inputs."""

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -211,13 +210,13 @@ void merge_parts(const Args& a) {
   }
 }
 
-// Keys per part of a split decode; decode splits from twice that many cached keys on.
-// VQ2TRT_ATTENTION_SPLIT=<keys> sets it, 0 turns the split off (for A/B measurements).
+// Keys per part of a split decode (0: no split); decode splits from twice that many cached keys
+// on. VQ2TRT_ATTENTION_SPLIT=<keys> sets it, 0 turns the split off (for A/B measurements).
 int64_t split_keys() {
   static const int64_t keys = [] {
     const char* e = std::getenv("VQ2TRT_ATTENTION_SPLIT");
     const long v = e ? std::atol(e) : 128;
-    return v > 0 ? int64_t(v) : std::numeric_limits<int64_t>::max();
+    return int64_t(std::max(v, 0L));
   }();
   return keys;
 }
@@ -265,7 +264,7 @@ void cached_attention(const AttentionShape& s, const float* qkv, const float* pa
   }
   Args a{&s, qkv, present_k, present_v, seqlens_k, pos, cos, sin, scale, out, s.S == s.total, is_x86(detect_isa())};
   const int64_t part_keys = split_keys();
-  if (s.S == 1 && s.total >= 2 * part_keys && parallel.run) {
+  if (s.S == 1 && part_keys > 0 && s.total >= 2 * part_keys && parallel.run) {
     // Decode over a long cache: (row, KV head) tasks give SmolLM2's 3 KV heads to 2 threads as
     // 2 + 1, and below 2^20 multiply-adds it ran on one thread. Parts of the keys, merged after,
     // balance it: 200 -> 127 µs a layer at 1000 cached tokens, 68 -> 47 at 300
