@@ -100,11 +100,14 @@ void run_rows(void* arg, size_t task) {
     const bool v4_b8 = bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0;
     if (v4_b8 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && !head && c.M <= kMaxInt8Rows)))
       return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
-    // v3-k512 on AVX2 (level 0, and level-4 decode where gathers are off): 4-5x part_float; and
-    // 8-bit v = 2 (the outlier parts of the demo's formats), which part_float took at ~6 % of a decode step.
+    // v3-k512 on AVX2 (level 0, and level-4 decode where gathers are off): 4-8x part_float at
+    // M = 1 and 3x at M = 64 (level 0; level-4 prefill takes the int16 tiles). 8-bit v = 2 (the
+    // demo formats' outlier parts, ~2.6 % of a decode step's samples in part_float): decode only,
+    // where it was measured (half its lanes are padding, so a prefill would pay twice the FMAs).
     if (bmi2 && p.isa == Isa::kAvx2 && q.v == 3 && q.bits == 9 && q.ft4)
       return avx2::part_v3_b9(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
-    if (bmi2 && p.isa == Isa::kAvx2 && q.v == 2 && q.bits == 8 && q.skip_bits % 8 == 0 && q.ft4)
+    if (bmi2 && p.isa == Isa::kAvx2 && q.v == 2 && q.bits == 8 && q.skip_bits % 8 == 0 && q.ft4 &&
+        c.M <= kMaxInt8Rows)
       return avx2::part_v2_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
     if (p.isa == Isa::kAvx512)
       return (head ? avx512::part_head : avx512::part_float)(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1, scratch);
