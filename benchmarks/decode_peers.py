@@ -7,7 +7,9 @@ Rows (alternated over --rounds, each row's median; benchmarks/cpu_model.py does 
 - a float32 export of the same model (--float), the speed a quantized export must beat;
 - llama.cpp's llama-bench on Q4_0, Q8_0 and Q2_K (the smallest file its quantize makes for this
   model), built by benchmarks/build_llama_bench.sh from the llama-cpp-python sdist's vendored
-  sources when --llama DIR has no build yet (~8 minutes);
+  sources when --llama DIR has no build yet (~8 minutes); its tg decodes from an empty KV cache,
+  the ONNX rows after their prompt: --llama-after-prompt adds rows timed after the prompt
+  (`llama-bench -d PROMPT`), which compare like for like (17-21 % slower after 128 tokens here);
 - ONNX Runtime GenAI's own int4 model (MatMulNBits 4-bit, int4 head, GroupQueryAttention), made
   by its builder from the float model when onnxruntime_genai is installed.
 
@@ -15,7 +17,7 @@ Nothing fetched or built enters the repository: llama.cpp goes under --llama, th
 of the float model and GenAI's int4 model under --work.
 
     .venv/bin/python benchmarks/decode_peers.py out/smollm2-2.3bit-ort [more exports] \\
-        --float out/smollm2-float-onnx [--dense4] [--rounds 3] [--threads 2] \\
+        --float out/smollm2-float-onnx [--dense4] [--llama-after-prompt] [--rounds 3] [--threads 2] \\
         [--llama /work/llama] [--work /work/peers] [--gguf ~/.cache/vq2trt/SmolLM2-135M-Instruct.Q4_1.gguf]
 
 The vq2trt exports for the fastest decode: `vq2trt export CKPT --out DIR --accuracy-level 4
