@@ -99,6 +99,12 @@ void append_kv(void* arg, size_t task) {
   }
 }
 
+// Keys new position i of row b sees: its causal range, at most the row's valid length and the cache.
+int64_t causal_keys(const Args& a, int64_t b, int64_t i) {
+  const int64_t valid = int64_t(a.seqlens_k[b]) + 1;
+  return std::min(past_of(a, b) + i + 1, std::min(valid, a.s->present_len));
+}
+
 // The G query heads of (row b, KV head g) at new position i, rotated and scaled, into q [G, D].
 void query_heads(const Args& a, int64_t b, int64_t g, int64_t i, float* q) {
   const AttentionShape& s = *a.s;
@@ -131,8 +137,7 @@ void attend(void* arg, size_t task) {
   const AttentionShape& s = *a.s;
   const int64_t chunks = query_chunks(s), chunk = int64_t(task) % chunks, bg = int64_t(task) / chunks;
   const int64_t b = bg / s.KV, g = bg % s.KV, D = s.D;
-  const int64_t G = s.H / s.KV, past = past_of(a, b);
-  const int64_t valid = int64_t(a.seqlens_k[b]) + 1;  // keys this row may see at most
+  const int64_t G = s.H / s.KV;
   const float* K = a.present_k + (b * s.KV + g) * s.present_len * D;
   const float* V = a.present_v + (b * s.KV + g) * s.present_len * D;
   // Thread-locals by reference once: each use of the name is a TLS lookup in a shared library.
@@ -142,7 +147,7 @@ void attend(void* arg, size_t task) {
   q.resize(size_t(G * D));
   for (int64_t i = chunk * kQueriesPerTask; i < std::min(s.S, (chunk + 1) * kQueriesPerTask); ++i) {
     float* o = a.out + (b * s.S + i) * s.H * D + g * G * D;
-    const int64_t keys = std::min(past + i + 1, std::min(valid, s.present_len));  // causal
+    const int64_t keys = causal_keys(a, b, i);
     if (keys <= 0) {  // a first prompt's padding row
       std::fill(o, o + G * D, 0.f);
       continue;
@@ -153,12 +158,6 @@ void attend(void* arg, size_t task) {
   }
 }
 
-// Keys a decode row (S == 1) sees: its causal range, at most the cache.
-int64_t decode_keys(const Args& a, int64_t b) {
-  const int64_t valid = int64_t(a.seqlens_k[b]) + 1;
-  return std::min(past_of(a, b) + 1, std::min(valid, a.s->present_len));
-}
-
 // Task (b, KV head, part) of a split decode: the query heads against keys [part · part_keys,
 // + part_keys) of that row, unnormalised, with each head's maximum and exp-sum for merge_parts.
 void attend_part(void* arg, size_t task) {
@@ -166,7 +165,7 @@ void attend_part(void* arg, size_t task) {
   const AttentionShape& s = *a.s;
   const int64_t bg = int64_t(task) / a.parts, part = int64_t(task) % a.parts;
   const int64_t b = bg / s.KV, g = bg % s.KV, D = s.D, G = s.H / s.KV;
-  const int64_t k0 = part * a.part_keys, keys = std::min(decode_keys(a, b), k0 + a.part_keys) - k0;
+  const int64_t k0 = part * a.part_keys, keys = std::min(causal_keys(a, b, 0), k0 + a.part_keys) - k0;
   float* o = a.part_out + task * G * D;
   float* ml = a.part_ml + task * G * 2;
   if (keys <= 0) {  // past this row's keys: merge_parts gives it no weight
@@ -267,7 +266,7 @@ void cached_attention(const AttentionShape& s, const float* qkv, const float* pa
   if (s.S == 1 && part_keys > 0 && s.total >= 2 * part_keys && parallel.run) {
     // Decode over a long cache: (row, KV head) tasks give SmolLM2's 3 KV heads to 2 threads as
     // 2 + 1, and below 2^20 multiply-adds it ran on one thread. Parts of the keys, merged after,
-    // balance it: 200 -> 127 µs a layer at 1000 cached tokens, 68 -> 47 at 300
+    // balance it: 200 -> 127 µs a layer at 1000 cached tokens, 67.5 -> 47.3 at 300
     // (benchmarks/cpu_attention.py, Zen 3, 2 threads). Shorter caches stay on one thread: at 150
     // tokens (23 µs) the hand-off ate the gain.
     a.part_keys = part_keys;

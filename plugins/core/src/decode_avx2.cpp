@@ -1,5 +1,5 @@
-// AVX2 float kernel for 8-bit indices with v = 4 (the default v4-k256 format) and 9-bit ones with
-// v = 3 (v3-k512, the bit allocation's step up), any M.
+// AVX2 float kernel for 8-bit indices with v = 4 (the default v4-k256 format), 9-bit ones with
+// v = 3 (v3-k512, the bit allocation's step up) and 8-bit ones with v = 2 (outlier parts), any M.
 //
 // A 256-entry lookup on AVX2 is bound by loads: vpshufb covers 16 entries (a 256-entry byte
 // lookup needs 16 shuffles per 32 weights) and a gather is one load per element. The float table
@@ -12,9 +12,9 @@
 // rows, which makes M >= 4 bound by the FMAs (two 8-lane FMAs a cycle) like a dense GEMM:
 // part_float's dequantize-a-tile path is no faster there on AVX2. Exact float32 products; sums
 // in column order per accumulator (for M = 1 even and odd columns apart, then added).
-// v = 3 rows are padded to 4 floats (Part::ftab4, the fourth 0): a ymm holds two vector rows, six
-// output rows, so each load brings 3 weights instead of 4 (v = 2, the outlier parts: 2); 9-bit indices come as groups of eight
-// in 9 bytes, taken apart in registers as the bytes are. Before this kernel v3-k512 decode took
+// v = 3 and 2 rows are padded to 4 floats (Part::ftab4, zeros after v): a ymm holds two vector
+// rows, so each load brings v weights instead of 4; 9-bit indices come as groups of eight in 9
+// bytes, taken apart in registers as the bytes are. Before this kernel v3-k512 decode took
 // part_float at 2.5-2.9 G weights/s on Zen 3 against v4-k256's 12-19 (16 x 3072², 2 threads).
 #include <immintrin.h>
 
