@@ -50,12 +50,14 @@ int failures = 0;
 // Whether AVX2 and AVX-512 put the same parts on the int8 route at level 4 (prepack.cpp): AVX-512
 // takes up to 9-bit indices, AVX2 up to 4 bits, with v = 4 up to 8 and with v = 3 up to 9 (in
 // decode only where it gathers: avx2_gather_is_fast, off on AMD, where a Zen 4 or 5 capped to
-// AVX2 stands in for a Zen 3).
+// AVX2 stands in for a Zen 3; and 9-bit ones in prefill only).
 bool same_int8_parts(const VQGemmDims& d, int64_t M) {
-  const bool wide = M > 8 || avx2_gather_is_fast();
-  auto same = [wide](int64_t v, int64_t k) {
+  // AVX2 decode takes 256-entry parts to the float kernel where gathers are slow, 512-entry ones
+  // always (vqgemm.cpp, int8_route).
+  const bool wide = M > 8 || avx2_gather_is_fast(), wide9 = M > 8;
+  auto same = [wide, wide9](int64_t v, int64_t k) {
     const int b = index_bits(k);
-    return b <= 4 || (wide && ((b <= 8 && v == 4) || (b <= 9 && v == 3))) || b > 9;
+    return b <= 4 || (wide && b <= 8 && (v == 4 || v == 3)) || (wide9 && b == 9 && v == 3) || b > 9;
   };
   return same(d.v, d.k) && (!d.k_r || same(d.v, d.k_r)) && (!d.n_out || same(d.v_o, d.k_o));
 }

@@ -1,6 +1,7 @@
-// The int8 route's decode kernel for AVX2 CPUs (accuracy_level 4, up to 8 activation rows), for
-// v = 4 parts with 5- to 8-bit indices (the default v4-k256) and v = 3 parts with up to 9 bits
-// (v3-k512).
+// The int8 route's decode kernel for AVX2 CPUs with fast gathers (accuracy_level 4, up to 8
+// activation rows), for v = 4 and v = 3 parts with 5- to 8-bit indices (the default v4-k256).
+// v3-k512's 9-bit parts take the float kernel instead (vqgemm.cpp, int8_route): 2.9x this one's
+// speed, whose 9-bit indices were unpacked a bit at a time.
 //
 // A 256-entry table is out of vpshufb's reach (16 entries), and the float kernel is bound by one
 // 16-byte table-row load per 4 weights (decode_avx2.cpp). Here a centroid is 4 signed bytes, one
@@ -41,14 +42,11 @@ inline __m256i x_pattern(const int8_t* x) {
 inline __m256i load_ids(const uint8_t* p) {
   return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
 }
-inline __m256i load_ids(const uint16_t* p) {
-  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
 
 // RV vector rows by MB activation rows. ix[r]: row r's indices (readable up to the end of its
 // last 8-column group); x[m]: activation row m's bytes of the segment (zero padded to 64).
-template <int RV, int MB, typename I>
-void rows_dot(const I* const (&ix)[RV], int64_t count, const int32_t* w8, const int8_t* x, int64_t xs,
+template <int RV, int MB>
+void rows_dot(const uint8_t* const (&ix)[RV], int64_t count, const int32_t* w8, const int8_t* x, int64_t xs,
               const float* sx, int64_t sx_stride, const uint8_t* next, int64_t next_stride, int64_t nnext,
               __m256 (&out)[RV][MB]) {
   const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
@@ -98,13 +96,13 @@ void rows_dot(const I* const (&ix)[RV], int64_t count, const int32_t* w8, const 
   }
 }
 
-template <int RV, int MB, typename I>
-void rows_out(const Part& pt, const I* const (&ix)[RV], const int8_t* xq, int64_t xq_stride,
+template <int RV, int MB>
+void rows_out(const Part& pt, const uint8_t* const (&ix)[RV], const int8_t* xq, int64_t xq_stride,
               const float* sx, int64_t sx_stride, const float* xsum, int64_t xsum_stride, float* y, int64_t N,
               int64_t y0, int64_t r0, int64_t n0, int64_t n1, const uint8_t* next, int64_t next_stride,
               int64_t nnext) {
   __m256 out[RV][MB];
-  rows_dot<RV, MB, I>(ix, pt.count, reinterpret_cast<const int32_t*>(pt.w8), xq, xq_stride, sx, sx_stride, next,
+  rows_dot<RV, MB>(ix, pt.count, reinterpret_cast<const int32_t*>(pt.w8), xq, xq_stride, sx, sx_stride, next,
                    next_stride, nnext, out);
   for (int m = 0; m < MB; ++m) {
     const float xs = xsum[m * xsum_stride];
@@ -119,40 +117,35 @@ void rows_out(const Part& pt, const I* const (&ix)[RV], const int8_t* xq, int64_
   }
 }
 
-// Vector rows [n0 / v, ceil(n1 / v)), kRV at a time. I: uint8_t indices, or uint16_t for 9 bits.
-template <typename I>
+// Vector rows [n0 / v, ceil(n1 / v)), kRV at a time.
 void part_rows(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                int64_t n1, float* scratch) {
   constexpr int kRV = 4;
   const int64_t v = pt.v, nblk = (pt.count + 63) / 64, cols = nblk * 64;
-  const bool direct = sizeof(I) == 1 && pt.bits == 8 && pt.skip_bits % 8 == 0;
+  const bool direct = pt.bits == 8 && pt.skip_bits % 8 == 0;
   const int64_t rs = pt.words * 4, full = pt.count / kCols * kCols;
   const uint8_t* b0 = reinterpret_cast<const uint8_t*>(pt.indices) + pt.skip_bits / 8;
   // Scratch: kRV index rows of `cols` indices (unpacked, zero padded; for packed bytes only rows
   // whose last 8-column group is partial: a direct read there could pass the end of the indices).
-  I* ibuf = reinterpret_cast<I*>(scratch);
+  uint8_t* ibuf = reinterpret_cast<uint8_t*>(scratch);
   const int64_t r_end = (n1 + v - 1) / v;
   for (int64_t r0 = n0 / v; r0 < r_end; r0 += kRV) {
     const int64_t rv = lo(kRV, r_end - r0);
-    const I* ix[kRV];
+    const uint8_t* ix[kRV];
     for (int64_t r = 0; r < kRV; ++r) {
-      I* buf = ibuf + r * cols;
+      uint8_t* buf = ibuf + r * cols;
       const int64_t row = r0 + lo(r, rv - 1);  // past the end: the last row again, not written
       if (direct && full == pt.count) {
-        ix[r] = reinterpret_cast<const I*>(b0 + row * rs);
+        ix[r] = b0 + row * rs;
         continue;
       }
       if (direct) {
         std::memset(buf + full, 0, kCols);
         std::memcpy(buf, b0 + row * rs, size_t(pt.count));
-      } else if (sizeof(I) == 1) {
-        unpack_index_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + row * pt.words, pt.words, pt.skip_bits,
-                           pt.bits, pt.count, nblk, false, reinterpret_cast<uint8_t*>(buf));
       } else {
-        unpack_generic(reinterpret_cast<const uint32_t*>(pt.indices) + row * pt.words, pt.words, pt.skip_bits,
-                       pt.bits, pt.count, buf);
-        std::memset(buf + pt.count, 0, size_t(cols - pt.count) * sizeof(I));
+        unpack_index_bytes(reinterpret_cast<const uint32_t*>(pt.indices) + row * pt.words, pt.words, pt.skip_bits,
+                           pt.bits, pt.count, nblk, false, buf);
       }
       ix[r] = buf;
     }
@@ -166,21 +159,21 @@ void part_rows(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
       const uint8_t* nx = m == 0 ? next : nullptr;
       const int64_t nn = m == 0 ? nnext : 0;
       if (M - m >= 2) {
-        const I* ix2[2] = {ix[0], ix[1]};
-        const I* ix3[2] = {ix[2], ix[3]};
-        rows_out<2, 2, I>(pt, ix2, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0, n0, n1, nx, rs, nn);
+        const uint8_t* ix2[2] = {ix[0], ix[1]};
+        const uint8_t* ix3[2] = {ix[2], ix[3]};
+        rows_out<2, 2>(pt, ix2, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0, n0, n1, nx, rs, nn);
         if (rv > 2)
-          rows_out<2, 2, I>(pt, ix3, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0 + 2, n0, n1, nullptr,
+          rows_out<2, 2>(pt, ix3, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0 + 2, n0, n1, nullptr,
                             rs, 0);
         m += 2;
       } else {
         // Fewer rows than a pass at the end of a task: no repeated row's work.
         if (rv == kRV) {
-          rows_out<kRV, 1, I>(pt, ix, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0, n0, n1, nx, rs, nn);
+          rows_out<kRV, 1>(pt, ix, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0, n0, n1, nx, rs, nn);
         } else {
           for (int64_t r = 0; r < rv; ++r) {
-            const I* ix1[1] = {ix[r]};
-            rows_out<1, 1, I>(pt, ix1, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0 + r, n0, n1,
+            const uint8_t* ix1[1] = {ix[r]};
+            rows_out<1, 1>(pt, ix1, xm, xq_stride, sm, sx_stride, xsm, xsum_stride, ym, N, y0, r0 + r, n0, n1,
                               nullptr, rs, 0);
           }
         }
@@ -195,8 +188,7 @@ void part_rows(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
 void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                       const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                       int64_t n1, float* scratch) {
-  (pt.bits > 8 ? part_rows<uint16_t> : part_rows<uint8_t>)(pt, xq, xq_stride, sx, sx_stride, xsum, xsum_stride, M, y,
-                                                         N, y0, n0, n1, scratch);
+  part_rows(pt, xq, xq_stride, sx, sx_stride, xsum, xsum_stride, M, y, N, y0, n0, n1, scratch);
 }
 
 }  // namespace avx2

@@ -274,8 +274,9 @@ void part_v2_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
 void part_int8_prefill(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride,
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch);
-// As part_int8 for parts with w8 (v = 4 with 5 to 8 index bits, v = 3 with 5 to 9), any M but
-// meant for M <= 8 (decode_int8_avx2.cpp).
+// As part_int8 for parts with w8 and up to 8 index bits (v = 4 or 3), any M but meant for M <= 8
+// (decode_int8_avx2.cpp). 9-bit parts never come here: int8_route (vqgemm.cpp) sends their decode
+// to the float kernel and prefill takes the int16 tiles (w16, built with w8).
 void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                   const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                   int64_t n1, float* scratch);

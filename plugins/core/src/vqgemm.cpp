@@ -55,9 +55,13 @@ struct Call {
 };
 
 // Decode on AVX2 without fast gathers: 256/512-entry parts take the float kernel (x' is there
-// at every level) instead of decode_int8_avx2.cpp; prefill keeps its int16 tiles.
+// at every level) instead of decode_int8_avx2.cpp; prefill keeps its int16 tiles. With fast
+// gathers (Intel), 512-entry parts (v3-k512) still take it: 2.9x the gather kernel's speed at
+// M = 1 on an AVX-512 Intel Xeon capped to AVX2 (RESULTS.md, 16th session).
 bool int8_route(const Prepacked& p, const Part& q, int64_t M) {
-  return q.int8 && !(p.isa == Isa::kAvx2 && !p.avx2_gather && M <= kMaxInt8Rows && q.w8 && q.qentries > 16);
+  const bool decode_float = p.isa == Isa::kAvx2 && M <= kMaxInt8Rows && q.w8 && q.qentries > 16 &&
+                            (!p.avx2_gather || q.qentries > 256);
+  return q.int8 && !decode_float;
 }
 
 void run_rows(void* arg, size_t task) {
@@ -100,11 +104,13 @@ void run_rows(void* arg, size_t task) {
     const bool v4_b8 = bmi2 && q.v == 4 && q.bits == 8 && q.skip_bits % 8 == 0;
     if (v4_b8 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && !head && c.M <= kMaxInt8Rows)))
       return avx2::part_v4_b8(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
-    // v3-k512 on AVX2 (level 0, and level-4 decode where gathers are off): 4-8x part_float at
-    // M = 1 and 3x at M = 64 (level 0; level-4 prefill takes the int16 tiles). 8-bit v = 2 (the
-    // demo formats' outlier parts, ~2.6 % of a decode step's samples in part_float): decode only,
-    // where it was measured (half its lanes are padding, so a prefill would pay twice the FMAs).
-    if (bmi2 && p.isa == Isa::kAvx2 && q.v == 3 && q.bits == 9 && q.ft4)
+    // v3-k512 on AVX2 (level 0, and level-4 decode: see int8_route): 4-8x part_float at M = 1
+    // and 3x at M = 64 (level 0; level-4 prefill takes the int16 tiles). On AVX-512, decode at
+    // level 0: 3.6x avx512::part_float at M = 1, 0.9x at M = 64 (Intel, RESULTS.md). 8-bit v = 2
+    // (the demo formats' outlier parts, ~2.6 % of a decode step's samples in part_float): decode
+    // only, where it was measured (half its lanes are padding, so a prefill would pay twice the FMAs).
+    const bool v3_b9 = bmi2 && q.v == 3 && q.bits == 9 && q.ft4;
+    if (v3_b9 && (p.isa == Isa::kAvx2 || (p.isa == Isa::kAvx512 && c.M <= kMaxInt8Rows)))
       return avx2::part_v3_b9(q, c.xp, p.dims.K, c.M, c.y, N, n0, n1);
     if (bmi2 && p.isa == Isa::kAvx2 && q.v == 2 && q.bits == 8 && q.skip_bits % 8 == 0 && q.ft4 &&
         c.M <= kMaxInt8Rows)
