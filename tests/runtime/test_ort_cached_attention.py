@@ -88,11 +88,13 @@ def test_plain_cpp_path(library):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("short", [297, 100], ids=["level", "ragged"])
-def test_split_decode(library, short):
-    """Decode over >= 256 cached keys splits them into parts of 128 merged after (attention.cpp);
-    ragged: row 1 has no keys in the last parts, which must get no weight."""
-    check_against_gqa(library, (9, 3, 64), True, 300, short)
+@pytest.mark.parametrize("prompt,short", [(300, 297), (300, 100), (150, 147), (150, 40)],
+                         ids=["level", "ragged", "level-64", "ragged-64"])
+def test_split_decode(library, prompt, short):
+    """Decode over >= 256 cached keys splits them into parts of 128 merged after, over 128-255
+    into parts of 64 (attention.cpp); ragged: row 1 has no keys in the last parts, which must get
+    no weight."""
+    check_against_gqa(library, (9, 3, 64), True, prompt, short)
 
 
 def test_split_off(library):

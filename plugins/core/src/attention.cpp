@@ -209,15 +209,18 @@ void merge_parts(const Args& a) {
   }
 }
 
-// Keys per part of a split decode (0: no split); decode splits from twice that many cached keys
-// on. VQ2TRT_ATTENTION_SPLIT=<keys> sets it, 0 turns the split off (for A/B measurements).
-int64_t split_keys() {
-  static const int64_t keys = [] {
+// Keys per part of a split decode over `total` cached keys (0: no split); decode splits from
+// twice that many keys on. Parts of 128 from 256 keys, of 64 from 128: at 150-200 keys 64-key
+// parts took a layer from 15-20 to 11-15 µs on an Intel Xeon (benchmarks/cpu_attention.py, 2
+// threads; +2-5 % decode at 128-160 tokens of context); on a Zen 3 splitting there was no faster (15th session).
+// VQ2TRT_ATTENTION_SPLIT=<keys> fixes the part size, 0 turns the split off (for A/B measurements).
+int64_t split_keys(int64_t total) {
+  static const int64_t fixed = [] {
     const char* e = std::getenv("VQ2TRT_ATTENTION_SPLIT");
-    const long v = e ? std::atol(e) : 128;
-    return int64_t(std::max(v, 0L));
+    return e ? int64_t(std::max(std::atol(e), 0L)) : int64_t(-1);
   }();
-  return keys;
+  if (fixed >= 0) return fixed;
+  return total >= 256 ? 128 : 64;
 }
 
 }  // namespace
@@ -262,13 +265,12 @@ void cached_attention(const AttentionShape& s, const float* qkv, const float* pa
     }
   }
   Args a{&s, qkv, present_k, present_v, seqlens_k, pos, cos, sin, scale, out, s.S == s.total, is_x86(detect_isa())};
-  const int64_t part_keys = split_keys();
+  const int64_t part_keys = split_keys(s.total);
   if (s.S == 1 && part_keys > 0 && s.total >= 2 * part_keys && parallel.run) {
     // Decode over a long cache: (row, KV head) tasks give SmolLM2's 3 KV heads to 2 threads as
     // 2 + 1, and below 2^20 multiply-adds it ran on one thread. Parts of the keys, merged after,
     // balance it: 200 -> 127 µs a layer at 1000 cached tokens, 67.5 -> 47.3 at 300
-    // (benchmarks/cpu_attention.py, Zen 3, 2 threads). Shorter caches stay on one thread: at 150
-    // tokens (23 µs) the hand-off ate the gain.
+    // (benchmarks/cpu_attention.py, Zen 3, 2 threads). Below 128 keys the cache stays on one thread.
     a.part_keys = part_keys;
     a.parts = (s.total + part_keys - 1) / part_keys;
     const int64_t G = s.H / s.KV, tasks = s.B * s.KV * a.parts;
