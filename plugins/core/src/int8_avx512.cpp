@@ -42,11 +42,15 @@ inline __m512i lookup512(const __m512i* t, __m512i ix, __mmask64 b7, __mmask64 h
 // sums[m * JV + jj] = Σ_scale blocks sx · Σ_c table_j[idx[c]] · xq[m, c] for JV components at once.
 // E: table entries (64, 256 or 512); hi: E = 512 only, bit 8 of the indices per 64-column block.
 // last: the bytes of idx's last block that may be read (idx can be the packed row itself).
+// C (E = 256 only): the byte table looked up by four vpermb, each merged under the mask of its
+// quarter (bits 6 and 7 of the index, the masks shared by the JV components), instead of two
+// vpermi2b and a blend: on Intel, where vpermi2b is 3 uops, 8-13 % faster over a 4096 x 4096
+// chain at M = 1 (RESULTS.md, 16th session); not taken on AMD (permb_chain_is_fast).
 // next, next_bytes: the next vector row's packed indices, fetched into L2 while this row is
 // summed (0 bytes: none). Rows of 576-1536 bytes end before the hardware prefetcher
 // locks on, and a 4096-byte row is a page, which it does not cross: each row start waited on
 // memory (as on AVX2, decode_avx2.cpp).
-template <int JV, int E>
+template <int JV, int E, bool C>
 void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 last, const uint8_t* qt,
                 const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums,
                 const uint8_t* next, int64_t next_bytes) {
@@ -71,9 +75,17 @@ void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 
         const __m512i xv = _mm512_loadu_si512(xr + 64 * b);
         __mmask64 upper = 0;
         if (E >= 256) upper = _mm512_movepi8_mask(ix);  // bit 7: entries 128..255 (of each 256)
+        __mmask64 q[4] = {};
+        if (C) {
+          const __mmask64 b6 = _mm512_test_epi8_mask(ix, _mm512_set1_epi8(64));
+          q[1] = b6 & ~upper, q[2] = ~b6 & upper, q[3] = b6 & upper;
+        }
         for (int jj = 0; jj < JV; ++jj) {
           __m512i w;
-          if (E == 512) {
+          if (C) {
+            w = _mm512_permutexvar_epi8(ix, T[jj][0]);
+            for (int r = 1; r < 4; ++r) w = _mm512_mask_permutexvar_epi8(w, q[r], ix, T[jj][r]);
+          } else if (E == 512) {
             w = lookup512(T[jj], ix, upper, hi[b]);
           } else if (E == 256) {
             const __m512i l = _mm512_permutex2var_epi8(T[jj][0], ix, T[jj][1]);
@@ -92,15 +104,15 @@ void lookup_dot(const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 
   }
 }
 
-template <int E>
+template <int E, bool C = false>
 void dispatch(int jv, const uint8_t* idx, const uint64_t* hi, int64_t nblk, __mmask64 last, const uint8_t* qt,
               const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride, int64_t M, float* sums,
               const uint8_t* next, int64_t next_bytes) {
   switch (jv) {
-    case 1: lookup_dot<1, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
-    case 2: lookup_dot<2, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
-    case 3: lookup_dot<3, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
-    default: lookup_dot<4, E>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    case 1: lookup_dot<1, E, C>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    case 2: lookup_dot<2, E, C>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    case 3: lookup_dot<3, E, C>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
+    default: lookup_dot<4, E, C>(idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes); break;
   }
 }
 
@@ -200,6 +212,7 @@ void unpack_index_bytes(const uint32_t* row, int64_t words, int64_t skip, int bi
 void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
                const float* corr, const float* xsum, int64_t corr_stride, int64_t M, float* y, int64_t N, int64_t y0,
                int64_t n0, int64_t n1, float* scratch) {
+  static const bool chain = permb_chain_is_fast();
   const int64_t v = pt.v, nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64;
   uint8_t* buf = reinterpret_cast<uint8_t*>(scratch);
   const uint64_t* hi = reinterpret_cast<const uint64_t*>(buf + nblk * 64);  // 9-bit indices only
@@ -226,6 +239,8 @@ void part_int8(const Part& pt, const int8_t* xq, int64_t xq_stride, const float*
       const int64_t next_bytes = more && jc == 0 ? row_bytes : 0;
       if (pt.qentries == 512)
         dispatch<512>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes);
+      else if (pt.qentries == 256 && chain)
+        dispatch<256, true>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes);
       else if (pt.qentries == 256)
         dispatch<256>(int(jv), idx, hi, nblk, last, qt, xq, xq_stride, sx, sx_stride, M, sums, next, next_bytes);
       else

@@ -236,6 +236,10 @@ VQ2TRT_DECLARE_FLOAT_KERNEL(avx2)
 VQ2TRT_DECLARE_FLOAT_KERNEL(avx512)
 VQ2TRT_DECLARE_FLOAT_KERNEL(neon)
 
+// Whether the AVX-512 int8 route looks 256-entry tables up by four merged vpermb (Intel) rather
+// than two vpermi2b and a blend (AMD); VQ2TRT_PERMB=0|1 overrides (prepack.cpp).
+bool permb_chain_is_fast();
+
 namespace avx512 {
 // xq: int8 x' [M, xq_stride] for the part's segment; sx: block scales [M, sx_stride];
 // corr[m * corr_stride]: Σ_blocks sx · 128 · Σ xq (the unsigned-table offset to remove);

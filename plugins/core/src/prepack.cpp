@@ -28,6 +28,22 @@ bool avx2_gather_is_fast() {
 #endif
 }
 
+// vpermi2b is 3 uops on Intel's AVX-512 cores and 1 on AMD's Zen 4 and 5: the int8 route's
+// 256-entry lookup takes four merged vpermb on Intel (int8_avx512.cpp), measured there only.
+// VQ2TRT_PERMB=0|1 overrides, to compare both on one machine.
+bool permb_chain_is_fast() {
+  if (const char* g = std::getenv("VQ2TRT_PERMB")) {
+    if (!std::strcmp(g, "0")) return false;
+    if (!std::strcmp(g, "1")) return true;
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return !__builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 bool cpu_has_avx_vnni() {
