@@ -11,12 +11,12 @@ namespace vq2trt {
 
 void PrepackedDeleter::operator()(Prepacked* p) const { delete p; }
 
-// vpgatherdd on AMD's AVX2-only cores (Zen 1-3; a Zen 4 asks only when capped to AVX2) is
-// microcoded and slow: on a Zen 3 EPYC the 8-column gather kernel ran the v4-k256 decode chain at
-// 0.75-0.86x the float kernel's speed (RESULTS.md), while on Intel it is 1.5x faster.
-// VQ2TRT_GATHER=0|1 overrides, to compare both on one machine.
-bool avx2_gather_is_fast() {
-  if (const char* g = std::getenv("VQ2TRT_GATHER")) {
+namespace {
+
+// A kernel choice that follows the CPU's vendor (x86, not AMD), with VAR=0|1 overriding it so
+// that both choices can be compared on one machine.
+bool unless_amd(const char* var) {
+  if (const char* g = std::getenv(var)) {
     if (!std::strcmp(g, "0")) return false;
     if (!std::strcmp(g, "1")) return true;
   }
@@ -28,21 +28,16 @@ bool avx2_gather_is_fast() {
 #endif
 }
 
+}  // namespace
+
+// vpgatherdd on AMD's AVX2-only cores (Zen 1-3; a Zen 4 asks only when capped to AVX2) is
+// microcoded and slow: on a Zen 3 EPYC the 8-column gather kernel ran the v4-k256 decode chain at
+// 0.75-0.86x the float kernel's speed (RESULTS.md), while on Intel it is 1.2-1.5x faster.
+bool avx2_gather_is_fast() { return unless_amd("VQ2TRT_GATHER"); }
+
 // vpermi2b is 3 uops on Intel's AVX-512 cores and 1 on AMD's Zen 4 and 5: the int8 route's
 // 256-entry lookup takes four merged vpermb on Intel (int8_avx512.cpp), measured there only.
-// VQ2TRT_PERMB=0|1 overrides, to compare both on one machine.
-bool permb_chain_is_fast() {
-  if (const char* g = std::getenv("VQ2TRT_PERMB")) {
-    if (!std::strcmp(g, "0")) return false;
-    if (!std::strcmp(g, "1")) return true;
-  }
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return !__builtin_cpu_is("amd");
-#else
-  return false;
-#endif
-}
+bool permb_chain_is_fast() { return unless_amd("VQ2TRT_PERMB"); }
 
 namespace {
 
