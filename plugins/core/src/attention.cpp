@@ -212,8 +212,9 @@ void merge_parts(const Args& a) {
 // Keys per part of a split decode over `total` cached keys (0: no split); decode splits from
 // twice that many keys on. Parts of 128 from 256 keys, of 64 from 128: at 150-200 keys 64-key
 // parts took a layer from 15-20 to 11-15 µs on an Intel Xeon (benchmarks/cpu_attention.py, 2
-// threads; +2-5 % decode at 128-160 tokens of context); on a Zen 3 splitting there was no faster (15th session).
-// VQ2TRT_ATTENTION_SPLIT=<keys> fixes the part size, 0 turns the split off (for A/B measurements).
+// threads; +3-7 % decode at 128-160 tokens of context); on a Zen 3 splitting there was no
+// faster (15th session). VQ2TRT_ATTENTION_SPLIT=<keys> fixes the part size, 0 turns the split
+// off (for A/B measurements).
 int64_t split_keys(int64_t total) {
   static const int64_t fixed = [] {
     const char* e = std::getenv("VQ2TRT_ATTENTION_SPLIT");

@@ -217,7 +217,7 @@ inline int64_t int8_prefill_scratch_floats(int64_t max_count, int64_t M) {
 }
 inline int64_t scratch_floats(const Prepacked& p, int64_t M) {
   const int64_t tile = M > 1 ? (p.max_count + 1) * 16 + kTileCols * kTileRows : kTileCols * kTileRows;
-  // The first term also holds 4 index rows of uint16 (decode_int8_avx2.cpp).
+  // The first term also holds 4 index rows of bytes (decode_int8_avx2.cpp).
   const int64_t n = 2 * (p.max_count + 64 + 16) + tile + 16 + 4 * M;
   const int64_t q = !p.segments.empty() && M > 1 ? int8_prefill_scratch_floats(p.max_count, M) : 0;
   return n > q ? n : q;
