@@ -73,19 +73,23 @@ def test_same_as_group_query_attention(library, heads, shared, prompt):
     check_against_gqa(library, heads, shared, prompt)
 
 
-def test_plain_cpp_path(library):
-    """The loop other ISAs take (VQ2TRT_ISA=scalar, read once per process: a fresh one)."""
+def checks_in_fresh_process(library, env, *cases):
+    """check_against_gqa(library, *case) for each case in a new Python process with `env` added:
+    the library reads its switches (VQ2TRT_ISA, VQ2TRT_ATTENTION_SPLIT) once per process."""
     import os
     import subprocess
     import sys
 
-    code = ("from tests.runtime.test_ort_cached_attention import check_against_gqa; "
-            f"check_against_gqa({library!r}, (9, 3, 64), True, 50); "
-            f"check_against_gqa({library!r}, (9, 3, 64), True, 300, 100); "
-            f"check_against_gqa({library!r}, (4, 2, 32), False, 7)")
-    env = {**os.environ, "VQ2TRT_ISA": "scalar"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    code = "from tests.runtime.test_ort_cached_attention import check_against_gqa; " + "; ".join(
+        f"check_against_gqa({library!r}, *{case!r})" for case in cases)
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_plain_cpp_path(library):
+    """The loop other ISAs take (VQ2TRT_ISA=scalar)."""
+    checks_in_fresh_process(library, {"VQ2TRT_ISA": "scalar"},
+                            ((9, 3, 64), True, 50), ((9, 3, 64), True, 300, 100), ((4, 2, 32), False, 7))
 
 
 @pytest.mark.parametrize("prompt,short", [(300, 297), (300, 100), (150, 147), (150, 40)],
@@ -98,17 +102,9 @@ def test_split_decode(library, prompt, short):
 
 
 def test_split_off(library):
-    """VQ2TRT_ATTENTION_SPLIT=0 (the A/B switch; read once per process: a fresh one) keeps a long
-    decode on the unsplit path, still equal to GroupQueryAttention."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("from tests.runtime.test_ort_cached_attention import check_against_gqa; "
-            f"check_against_gqa({library!r}, (9, 3, 64), True, 300, 100)")
-    env = {**os.environ, "VQ2TRT_ATTENTION_SPLIT": "0"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    """VQ2TRT_ATTENTION_SPLIT=0 (the A/B switch) keeps a long decode on the unsplit path, still
+    equal to GroupQueryAttention."""
+    checks_in_fresh_process(library, {"VQ2TRT_ATTENTION_SPLIT": "0"}, ((9, 3, 64), True, 300, 100))
 
 
 def check_against_gqa(library, heads, shared, prompt, short=None):
