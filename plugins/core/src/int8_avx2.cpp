@@ -236,25 +236,24 @@ float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx) {
   return corr;
 }
 
-// xq [M, bytes] -> x16 [bytes / 2, M, 2]: each column pair of a row widened to one int32 of two
-// int16, stored where prefill_int8_avx2.cpp reads it (the pairs of one activation row a column
-// pair apart are M int32 apart).
+// xq [M, bytes] -> x16 in blocks of kX16Rows rows, [pairs, kX16Rows, 2] each: each column pair of
+// a row widened to one int32 of two int16, stored where prefill_int8_avx2.cpp reads it.
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16) {
   (void)M;
   int32_t* out = reinterpret_cast<int32_t*>(x16);
   const int64_t pairs = bytes / 2;
   for (int64_t m = m0; m < m1; ++m) {
     const int8_t* row = xq + m * bytes;
-    int32_t* o = out + (m >> 2) * pairs * 4 + (m & 3);  // 4-row block, then pair, then row
+    int32_t* o = out + m / kX16Rows * pairs * kX16Rows + m % kX16Rows;  // row block, then pair, then row
     int64_t p = 0;
     for (; p + 8 <= pairs; p += 8) {
       alignas(32) int32_t t[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(t),
                          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * p))));
-      for (int i = 0; i < 8; ++i) o[(p + i) * 4] = t[i];
+      for (int i = 0; i < 8; ++i) o[(p + i) * kX16Rows] = t[i];
     }
     for (; p < pairs; ++p)
-      o[p * 4] = int32_t(uint32_t(uint16_t(int16_t(row[2 * p]))) | (uint32_t(uint16_t(int16_t(row[2 * p + 1]))) << 16));
+      o[p * kX16Rows] = int32_t(uint32_t(uint16_t(int16_t(row[2 * p]))) | (uint32_t(uint16_t(int16_t(row[2 * p + 1]))) << 16));
   }
 }
 

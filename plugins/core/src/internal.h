@@ -204,6 +204,11 @@ constexpr int64_t kInt8HeadCols = 64;
 // Columns sharing one int8 activation scale: the int32 sums of a block are converted and scaled
 // once (256 · 255 · 127 stays far below 2^31).
 constexpr int64_t kXBlock = 256;
+// Activation rows per block of the AVX2 prefill's int16 x (widen_pairs, prefill_int8_avx2.cpp):
+// also the rows its inner loop takes at once. 3 rows keep the loop's 6 accumulators, 4 tile
+// vectors and 4 broadcasts in AVX2's 16 ymm; with 4 rows gcc spilled two accumulators to the
+// stack (RESULTS.md, 17th session).
+constexpr int64_t kX16Rows = 3;
 
 // Scratch a part kernel may use: an index row (ceil64(max_count) uint32), then a float tile
 // (prefill: [max_count, 16]). Allocate 64-byte aligned.
@@ -272,7 +277,7 @@ void part_v4_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
 void part_v3_b9(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
 void part_v2_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y, int64_t N, int64_t n0, int64_t n1);
 // As avx512::part_int8_prefill for v = 3 and 4 parts with w16 (prefill_int8_avx2.cpp): x16 is the
-// quantized x widened to int16 in blocks of 4 activation rows, each [column pairs, 4, 2]
+// quantized x widened to int16 in blocks of kX16Rows activation rows, each [column pairs, kX16Rows, 2]
 // (widen_pairs), from the part's first column pair in block 0; x16_block: int16 elements from
 // one block to the next.
 void part_int8_prefill(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride,
@@ -286,7 +291,7 @@ void part_int8_gather(const Part& pt, const int8_t* xq, int64_t xq_stride, const
                   int64_t n1, float* scratch);
 // As avx512::quantize_segment, with the same bytes (int8_avx2.cpp).
 float quantize_segment(const float* x, int64_t count, int8_t* q, float* sx);
-// xq [M, bytes] -> x16 [ceil(M / 4), bytes / 2, 4, 2], the layout of part_int8_prefill (bytes
+// xq [M, bytes] -> x16 [ceil(M / kX16Rows), bytes / 2, kX16Rows, 2], the layout of part_int8_prefill (bytes
 // even), for activation rows [m0, m1).
 void widen_pairs(const int8_t* xq, int64_t M, int64_t m0, int64_t m1, int64_t bytes, int16_t* x16);
 // Decode with the Dense4 form (dense4_avx2.cpp): y[m * N + n] += row n's dot with activation row m

@@ -11,7 +11,7 @@
 // centroids (Part::w16: 4 components = 8 bytes, one load per index). A tile ymm holds 8 output
 // rows x 2 columns (int32 lane = output row, its two int16 = the column pair): one 32-bit
 // broadcast of an activation row's column pair multiplies all 8 rows with no horizontal sum.
-// x16 comes pair-interleaved in blocks of 4 activation rows (widen_pairs): the rows of a pass
+// x16 comes pair-interleaved in blocks of kX16Rows activation rows (widen_pairs): the rows of a pass
 // read one contiguous stream (rows a K apart were 4K-aliased loads, a third of the time; all M
 // rows per column pair strode M · 4 bytes per pair through L2).
 // Same quantized x, tables and block scales as the decode route, so the int32 sums are the
@@ -31,7 +31,7 @@ namespace {
 inline int64_t lo(int64_t a, int64_t b) { return a < b ? a : b; }
 
 constexpr int kRV = 4;       // vector rows per pass: 16 output rows, two ymm per column pair
-constexpr int kMB = 4;       // activation rows per inner loop: 8 accumulators + 2 tile rows + x (gcc 12 spills at 5)
+constexpr int kMB = int(kX16Rows);  // activation rows per inner loop (internal.h)
 constexpr int kChunk = 256;  // columns per tile = kXBlock, so one block scale per tile
 
 inline int32_t load32(const int16_t* p) {
@@ -101,8 +101,7 @@ void dot_rows(int mb, const __m256i* tile, int64_t pairs, const int16_t* x, int6
   switch (mb) {
     case 1: return dot_tile<1>(tile, pairs, x, M, sx, sx_stride, facc);
     case 2: return dot_tile<2>(tile, pairs, x, M, sx, sx_stride, facc);
-    case 3: return dot_tile<3>(tile, pairs, x, M, sx, sx_stride, facc);
-    default: return dot_tile<4>(tile, pairs, x, M, sx, sx_stride, facc);
+    default: return dot_tile<kMB>(tile, pairs, x, M, sx, sx_stride, facc);
   }
 }
 

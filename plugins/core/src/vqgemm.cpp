@@ -39,7 +39,7 @@ struct Call {
   const float* sx;            // [M, xq_blocks]
   const float* corr;          // [M, segments]
   const float* xsum;          // [M, segments]: Σ x' over the segment, float32
-  const int16_t* x16;         // xq widened (AVX2 prefill: widen_pairs' 4-row blocks), or null
+  const int16_t* x16;         // xq widened (AVX2 prefill: widen_pairs' blocks of kX16Rows rows), or null
   bool use_int8;              // xq, sx, corr, xsum (and x16) are there: some part takes the int8 route
   const float* rowconst;      // [M]: Σ_ch x[m, ch] · cbias[ch], or 0
   const int16_t* x16h;        // the heads' 14-bit x (AVX2 prefill; x16's layout), or null
@@ -95,7 +95,8 @@ void run_rows(void* arg, size_t task) {
                                  reinterpret_cast<uint8_t*>(scratch));
     if (head && c.x16h && q.wseg >= 0) {  // AVX2 prefill of a head: the same, in the int16 tiles
       const int64_t nw = int64_t(p.wide.size());
-      return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 8, p.wide_pairs * 8,
+      return avx2::part_int8_prefill(q, c.x16h + p.wide[size_t(q.wseg)].byte_offset * 2 * kX16Rows,
+                                     p.wide_pairs * 2 * kX16Rows,
                                      c.sxh + q.wseg, nw, c.xsumh + q.wseg, nw, c.M, c.y, N, 0, n0, n1, scratch);
     }
     // AVX-512 CPUs take it too for decode (M <= 8) at level 0: 1.8x the AVX-512 float kernel at
@@ -153,7 +154,7 @@ void run_rows(void* arg, size_t task) {
         return avx512::part_int8_prefill(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                          c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (c.M > kMaxInt8Rows && q.w16)
-        return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * 4, p.xq_bytes * 4, c.sx + s.block_offset, p.xq_blocks,
+        return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * kX16Rows, p.xq_bytes * kX16Rows, c.sx + s.block_offset, p.xq_blocks,
                                        c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (p.isa == Isa::kAvx2 && q.w8 && q.qentries > 16)
         return avx2::part_int8_gather(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
@@ -247,7 +248,7 @@ struct Prep {
   float* sxh16;
 };
 
-// x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: 4-row
+// x'[0, count) of row m at 14 bits with one scale (absmax / 8191) into x16h (x16's layout: kX16Rows-row
 // blocks of `block` int16, from the range's first column pair); returns the scale.
 // x[0, count) at 14 bits with one scale (absmax / 8191), element c into out[at(c)]; returns the
 // scale. The heads' x' in both layouts below (AVX2 prefill, AVX-512 decode).
@@ -261,7 +262,8 @@ float quantize14(const float* x, int64_t count, int16_t* out, At at) {
 }
 
 float quantize_wide(const float* x, int64_t count, int64_t m, int64_t block, int16_t* x16h) {
-  return quantize14(x, count, x16h + (m >> 2) * block + (m & 3) * 2, [](int64_t c) { return c / 2 * 8 + c % 2; });
+  return quantize14(x, count, x16h + m / kX16Rows * block + m % kX16Rows * 2,
+                    [](int64_t c) { return c / 2 * 2 * kX16Rows + c % 2; });
 }
 
 void prep_rows(void* arg, size_t task) {
@@ -319,7 +321,8 @@ void prep_rows(void* arg, size_t task) {
       for (int64_t s = 0; s < nw; ++s) {
         const Segment& g = p.wide[size_t(s)];
         c.xsumh[m * nw + s] = sum_f32(xo + g.col0, g.count);
-        c.sxh[m * nw + s] = quantize_wide(xo + g.col0, g.count, m, p.wide_pairs * 8, c.x16h + g.byte_offset * 8);
+        c.sxh[m * nw + s] = quantize_wide(xo + g.col0, g.count, m, p.wide_pairs * 2 * kX16Rows,
+                                          c.x16h + g.byte_offset * 2 * kX16Rows);
       }
     for (int64_t s = 0; s < nseg; ++s) {
       const Segment& g = p.segments[size_t(s)];
@@ -423,11 +426,11 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
     prep.xsum = buf.xsum.data();
 #if VQ2TRT_X86
     if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
-      buf.x16.resize(size_t(ceil_div(M, int64_t(4)) * 4 * p.xq_bytes));  // 4-row blocks: see widen_pairs
+      buf.x16.resize(size_t(ceil_div(M, kX16Rows) * kX16Rows * p.xq_bytes));  // blocks of rows: see widen_pairs
       prep.x16 = buf.x16.data();
       if (!p.wide.empty()) {
         const int64_t nw = int64_t(p.wide.size());
-        buf.x16h.assign(size_t(ceil_div(M, int64_t(4)) * 4 * p.wide_pairs * 2), 0);  // zero past each range's count
+        buf.x16h.assign(size_t(ceil_div(M, kX16Rows) * kX16Rows * p.wide_pairs * 2), 0);  // zero past each range's count
         buf.sxh.assign(size_t(M * nw), 0.f);
         buf.xsumh.assign(size_t(M * nw), 0.f);
         prep.x16h = buf.x16h.data();
