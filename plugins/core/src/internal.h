@@ -167,7 +167,7 @@ struct Prepacked {
   VQGemmDims dims;
   int accuracy_level = 0;
   Isa isa = Isa::kScalar;        // never kAvxVnni: that is kAvx2 with avx_vnni
-  bool avx_vnni = false;         // the k <= 16 int8 parts take avx2::part_int8_vnni
+  bool avx_vnni = false;         // k <= 16 int8 parts take avx2::part_int8_vnni, prefill part_int8_prefill_vnni
   // AVX2 decode of 256/512-entry int8 parts by vpgatherdd (decode_int8_avx2.cpp); off where
   // gathers are slow (AMD before Zen 4: see avx2_gather_is_fast), where the float kernel wins.
   bool avx2_gather = true;
@@ -283,6 +283,11 @@ void part_v2_b8(const Part& pt, const float* xp, int64_t xs, int64_t M, float* y
 void part_int8_prefill(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride,
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch);
+// The same with AVX-VNNI (Prepacked::avx_vnni): byte tiles and vpdpbusd on xq as it lies (the
+// segment's int8 bytes, row stride xq_stride), as avx512::part_int8_prefill takes it.
+void part_int8_prefill_vnni(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+                            const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0,
+                            int64_t n0, int64_t n1, float* scratch);
 // As part_int8 for parts with w8 and up to 8 index bits (v = 4 or 3), any M but meant for M <= 8
 // (decode_int8_avx2.cpp). 9-bit parts never come here: int8_route (vqgemm.cpp) sends their decode
 // to the float kernel and prefill takes the int16 tiles (w16, built with w8).

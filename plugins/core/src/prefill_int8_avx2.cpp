@@ -17,6 +17,15 @@
 // Same quantized x, tables and block scales as the decode route, so the int32 sums are the
 // same; the float sums run in another order. Built with -mavx2 -mfma (plugins/core/CMakeLists.txt)
 // and only called after detect_isa() reported at least kAvx2.
+//
+// With AVX-VNNI (Intel's AVX2 cores from Alder Lake on, which have no AVX-512; part_int8_prefill_vnni)
+// the products are vpdpbusd's, as on AVX-512 (prefill_int8_avx512.cpp): a tile ymm holds 8 output
+// rows x 4 columns as bytes (lane = output row, its 4 bytes = the column quad), the unsigned
+// table bytes (Part::w8 ^ 0x80: qtab), and each activation row broadcasts its 4 int8 x: 32
+// multiply-adds an instruction against vpmaddwd's 16, with no add. A tile ymm is one vpgatherdd
+// of 4 columns' centroids for 2 vector rows, transposed by vpshufb in each 128-bit lane (as
+// decode_int8_avx2.cpp does). The +128 of the tables comes off per block as -128 · Σ x in int32,
+// exact, so the int32 sums are those of the other int8 kernels again.
 #include <immintrin.h>
 
 #include <cstring>
@@ -105,16 +114,110 @@ void dot_rows(int mb, const __m256i* tile, int64_t pairs, const int16_t* x, int6
   }
 }
 
-// I: uint8_t indices, or uint16_t for 9 bits.
+// --- AVX-VNNI: byte tiles and vpdpbusd (see the top of the file) ---
+
+constexpr int kVnniMB = 6;  // activation rows per pass: 12 accumulators + 2 tiles + x of the 16 ymm
+
+// tile8[2q + h]: column quad q of vector rows 2h (lanes 0-3) and 2h + 1 (lanes 4-7), the unsigned
+// table bytes of 4 columns per lane. ix[r] is readable (zero padded) up to c0 + 4 · quads.
 template <typename I>
-void part_rows(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride, const float* xsum,
+void build_tile8(const I* const (&ix)[kRV], int64_t c0, int64_t quads, const int32_t* w8, __m256i* tile8) {
+  const __m256i tr = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,  //
+                                      0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m256i flip = _mm256_set1_epi8(char(0x80));
+  for (int64_t q = 0; q < quads; ++q) {
+    const int64_t c = c0 + 4 * q;
+    for (int h = 0; h < 2; ++h) {
+      __m256i id;
+      if (sizeof(I) == 1) {
+        int32_t a, b;
+        std::memcpy(&a, ix[2 * h] + c, 4);
+        std::memcpy(&b, ix[2 * h + 1] + c, 4);
+        id = _mm256_cvtepu8_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(a), b, 1));
+      } else {
+        int64_t a, b;
+        std::memcpy(&a, ix[2 * h] + c, 8);
+        std::memcpy(&b, ix[2 * h + 1] + c, 8);
+        id = _mm256_cvtepu16_epi32(_mm_insert_epi64(_mm_cvtsi64_si128(a), b, 1));
+      }
+      const __m256i w = _mm256_shuffle_epi8(_mm256_i32gather_epi32(w8, id, 4), tr);
+      _mm256_store_si256(tile8 + 2 * q + h, _mm256_xor_si256(w, flip));
+    }
+  }
+}
+
+// a += vpdpbusd(t, x). As an intrinsic gcc 12 copied accumulators between registers in the
+// unrolled loop (dot_tile8<6>: 52 register moves against 17 this way), as prefill_int8_avx512.cpp
+// found for zmm.
+__attribute__((target("avx2,fma,avxvnni"))) inline void dpbusd(__m256i& a, __m256i t, __m256i x) {
+  __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(a) : "x"(t), "x"(x));
+}
+
+// facc[m * 16 + l] += sx[m] · (Σ_quads tile8 · x[m] + init[m]) for MB activation rows; x: row m's
+// int8 bytes of the block at x + m · xs.
+template <int MB>
+__attribute__((noinline, target("avx2,fma,avxvnni"))) void dot_tile8(const __m256i* tile8, int64_t quads,
+                                                                      const int8_t* x, int64_t xs, const int32_t* init,
+                                                                      int64_t is, const float* sx, int64_t ss,
+                                                                      float* facc) {
+  __m256i a[MB][2];
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) a[m][0] = a[m][1] = _mm256_setzero_si256();
+  for (int64_t q = 0; q < quads; ++q) {
+    const __m256i t0 = _mm256_load_si256(tile8 + 2 * q), t1 = _mm256_load_si256(tile8 + 2 * q + 1);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      int32_t x4;
+      std::memcpy(&x4, x + m * xs + 4 * q, 4);
+      const __m256i xb = _mm256_set1_epi32(x4);
+      dpbusd(a[m][0], t0, xb);
+      dpbusd(a[m][1], t1, xb);
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MB; ++m) {
+    const __m256 s = _mm256_set1_ps(sx[m * ss]);
+    const __m256i c = _mm256_set1_epi32(init[m * is]);
+    float* f = facc + m * 16;
+    _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a[m][0], c)), s, _mm256_loadu_ps(f)));
+    _mm256_storeu_ps(f + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a[m][1], c)), s, _mm256_loadu_ps(f + 8)));
+  }
+}
+
+void dot_rows8(int mb, const __m256i* tile8, int64_t quads, const int8_t* x, int64_t xs, const int32_t* init, int64_t is,
+               const float* sx, int64_t ss, float* facc) {
+  switch (mb) {
+    case 1: return dot_tile8<1>(tile8, quads, x, xs, init, is, sx, ss, facc);
+    case 2: return dot_tile8<2>(tile8, quads, x, xs, init, is, sx, ss, facc);
+    case 3: return dot_tile8<3>(tile8, quads, x, xs, init, is, sx, ss, facc);
+    case 4: return dot_tile8<4>(tile8, quads, x, xs, init, is, sx, ss, facc);
+    case 5: return dot_tile8<5>(tile8, quads, x, xs, init, is, sx, ss, facc);
+    default: return dot_tile8<kVnniMB>(tile8, quads, x, xs, init, is, sx, ss, facc);
+  }
+}
+
+// Where the two forms read x: the int16 pairs (x16, block stride x16_block) or the int8 bytes
+// (xq, row stride xq_stride), with the block sums the VNNI form takes off (init [M, nsb]).
+struct XIn {
+  const int16_t* x16;
+  int64_t x16_block;
+  const int8_t* xq;
+  int64_t xq_stride;
+  const int32_t* init;
+};
+
+// I: uint8_t indices, or uint16_t for 9 bits. VNNI: the byte tiles (above), else the int16 ones.
+template <typename I, bool VNNI>
+void part_rows(const Part& pt, const XIn& in, const float* sx, int64_t sx_stride, const float* xsum,
                int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0, int64_t n1, float* scratch) {
   const int64_t v = pt.v;
   const int64_t nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64, cols = nblk * 64;
-  // Layout (int8_prefill_scratch_floats covers it): facc [M, 16], one tile, kRV index rows.
-  float* facc = scratch;
-  __m256i* tile = reinterpret_cast<__m256i*>(scratch + (M * 16 + 15) / 16 * 16);
-  I* ibuf = reinterpret_cast<I*>(tile + kChunk);
+  const int64_t nsb = (nblk + 3) / 4;
+  // Layout (int8_prefill_scratch_floats covers it): [VNNI: the block sums, M · nsb int32] facc
+  // [M, 16], one tile (int16: kChunk ymm; bytes: kChunk / 2), kRV index rows.
+  float* facc = scratch + (VNNI ? (M * nsb + 15) / 16 * 16 : 0);
+  __m256i* tile = reinterpret_cast<__m256i*>(facc + (M * 16 + 15) / 16 * 16);
+  I* ibuf = reinterpret_cast<I*>(tile + (VNNI ? kChunk / 2 : kChunk));
   const bool bytes8 = sizeof(I) == 1 && pt.bits == 8 && pt.skip_bits % 8 == 0;
   for (int64_t r0 = n0 / v; r0 * v < n1; r0 += kRV) {
     // Indices in the segment's column order, zero past count: rows past n1 read index 0 and are
@@ -141,10 +244,17 @@ void part_rows(const Part& pt, const int16_t* x16, int64_t x16_block, const floa
     std::memset(facc, 0, size_t(M * 16) * sizeof(float));
     for (int64_t c0 = 0; c0 < cols; c0 += kChunk) {
       const int64_t pairs = lo(kChunk, cols - c0) / 2, sb = c0 / kChunk;
+      if (VNNI) {
+        build_tile8(ix, c0, pairs / 2, pt.w8, tile);
+        for (int64_t m0 = 0; m0 < M; m0 += kVnniMB)
+          dot_rows8(int(lo(kVnniMB, M - m0)), tile, pairs / 2, in.xq + m0 * in.xq_stride + c0, in.xq_stride,
+                    in.init + m0 * nsb + sb, nsb, sx + m0 * sx_stride + sb, sx_stride, facc + m0 * 16);
+        continue;
+      }
       build_tile(ix, c0, pairs, pt.w16, tile);
       for (int64_t m0 = 0; m0 < M; m0 += kMB)
-        dot_rows(int(lo(kMB, M - m0)), tile, pairs, x16 + m0 / kMB * x16_block + c0 * kMB, kMB, sx + m0 * sx_stride + sb, sx_stride,
-                 facc + m0 * 16);
+        dot_rows(int(lo(kMB, M - m0)), tile, pairs, in.x16 + m0 / kMB * in.x16_block + c0 * kMB, kMB,
+                 sx + m0 * sx_stride + sb, sx_stride, facc + m0 * 16);
     }
     // Lane l: vector row r0 + l / 4, component l % 4 (v = 3: lanes 3, 7, 11, 15 are padding).
     // v = 4 with all 16 rows inside [n0, n1) (every pass but a task's edges): lane l is output
@@ -180,8 +290,32 @@ void part_rows(const Part& pt, const int16_t* x16, int64_t x16_block, const floa
 void part_int8_prefill(const Part& pt, const int16_t* x16, int64_t x16_block, const float* sx, int64_t sx_stride,
                        const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0, int64_t n0,
                        int64_t n1, float* scratch) {
-  (pt.bits > 8 ? part_rows<uint16_t> : part_rows<uint8_t>)(pt, x16, x16_block, sx, sx_stride, xsum, xsum_stride, M, y,
-                                                         N, y0, n0, n1, scratch);
+  const XIn in{x16, x16_block, nullptr, 0, nullptr};
+  (pt.bits > 8 ? part_rows<uint16_t, false> : part_rows<uint8_t, false>)(pt, in, sx, sx_stride, xsum, xsum_stride, M,
+                                                                       y, N, y0, n0, n1, scratch);
+}
+
+void part_int8_prefill_vnni(const Part& pt, const int8_t* xq, int64_t xq_stride, const float* sx, int64_t sx_stride,
+                            const float* xsum, int64_t xsum_stride, int64_t M, float* y, int64_t N, int64_t y0,
+                            int64_t n0, int64_t n1, float* scratch) {
+  const int64_t nblk = pt.split4 ? 2 * ((pt.count + 127) / 128) : (pt.count + 63) / 64, nsb = (nblk + 3) / 4;
+  // -128 · Σ x per activation row and scale block (the segment's padding bytes are zero).
+  int32_t* init = reinterpret_cast<int32_t*>(scratch);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t sb = 0; sb < nsb; ++sb) {
+      __m256i s = _mm256_setzero_si256();
+      for (int64_t h = 8 * sb; h < 2 * lo(nblk, 4 * sb + 4); ++h) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * xq_stride + 32 * h));
+        s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, xv), ones16));
+      }
+      alignas(32) int32_t t[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(t), s);
+      init[m * nsb + sb] = -128 * (t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7]);
+    }
+  const XIn in{nullptr, 0, xq, xq_stride, init};
+  (pt.bits > 8 ? part_rows<uint16_t, true> : part_rows<uint8_t, true>)(pt, in, sx, sx_stride, xsum, xsum_stride, M, y,
+                                                                     N, y0, n0, n1, scratch);
 }
 
 }  // namespace avx2

@@ -153,6 +153,9 @@ void run_rows(void* arg, size_t task) {
       if (c.M > kMaxInt8Rows && p.isa == Isa::kAvx512)
         return avx512::part_int8_prefill(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                          c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
+      if (c.M > kMaxInt8Rows && q.w16 && p.avx_vnni && q.w8)
+        return avx2::part_int8_prefill_vnni(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
+                                            c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (c.M > kMaxInt8Rows && q.w16)
         return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * kX16Rows, p.xq_bytes * kX16Rows, c.sx + s.block_offset, p.xq_blocks,
                                        c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
@@ -426,8 +429,10 @@ int64_t prepare_call(const Prepacked& p, DType x_type, const void* x, int64_t M,
     prep.xsum = buf.xsum.data();
 #if VQ2TRT_X86
     if (p.isa == Isa::kAvx2 && M > kMaxInt8Rows) {
-      buf.x16.resize(size_t(ceil_div(M, kX16Rows) * kX16Rows * p.xq_bytes));  // blocks of rows: see widen_pairs
-      prep.x16 = buf.x16.data();
+      if (!p.avx_vnni) {  // AVX-VNNI's prefill reads xq (part_int8_prefill_vnni)
+        buf.x16.resize(size_t(ceil_div(M, kX16Rows) * kX16Rows * p.xq_bytes));  // blocks of rows: see widen_pairs
+        prep.x16 = buf.x16.data();
+      }
       if (!p.wide.empty()) {
         const int64_t nw = int64_t(p.wide.size());
         buf.x16h.assign(size_t(ceil_div(M, kX16Rows) * kX16Rows * p.wide_pairs * 2), 0);  // zero past each range's count
