@@ -322,6 +322,14 @@ void check_multi(std::mt19937& rng) {
 int main() {
   std::mt19937 rng(1234);
   std::printf("detected ISA: %s\n", isa_name(detect_isa()));
+  // Which kernel families the checks below run here (each check skips the ISAs native_isa refuses).
+  std::printf("kernel ISAs tested:");
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512, Isa::kNeon})
+    if (native_isa(isa) == isa) std::printf(" %s", isa_name(isa));
+  std::printf("; skipped (not on this CPU, not in this build, or above VQ2TRT_ISA):");
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvxVnni, Isa::kAvx512, Isa::kNeon})
+    if (native_isa(isa) != isa) std::printf(" %s", isa_name(isa));
+  std::printf("\n");
   // Hand-picked corners: every index width class of the kernels, straddling indices, groups
   // with unaligned starts, vector lengths that do not divide N, outliers with their own v_o.
   const VQGemmDims fixed[] = {
