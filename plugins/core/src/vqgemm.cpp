@@ -156,7 +156,7 @@ void run_rows(void* arg, size_t task) {
       if (c.M > kMaxInt8Rows && q.w16 && p.avx_vnni && q.w8)
         return avx2::part_int8_prefill_vnni(q, c.xq + s.byte_offset, p.xq_bytes, c.sx + s.block_offset, p.xq_blocks,
                                             c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
-      if (c.M > kMaxInt8Rows && q.w16)
+      if (c.M > kMaxInt8Rows && q.w16 && c.x16)
         return avx2::part_int8_prefill(q, c.x16 + s.byte_offset * kX16Rows, p.xq_bytes * kX16Rows, c.sx + s.block_offset, p.xq_blocks,
                                        c.xsum + q.segment, nseg, c.M, yq, ys, y0, n0, n1, scratch);
       if (p.isa == Isa::kAvx2 && q.w8 && q.qentries > 16)
